@@ -1,0 +1,224 @@
+"""The config schema: omegaconf structured configs for everything a sweep names.
+
+`conf/` holds one YAML file per model, format and suite, plus one file each for use cases and
+hardware; a sweep file in `sweeps/` picks combinations by name. These dataclasses are the only
+schema: YAML and CLI `key=value` overrides merge into them in struct mode, so unknown keys and
+wrong types fail before any work starts (see `cluster.loader`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+ALGORITHMS = ("none", "rtn", "gptq")
+SCHEMES = ("FP8_DYNAMIC", "W8A8", "W4A16")
+OBSERVERS = ("minmax", "mse")
+CALIBRATION_SOURCES = ("none", "random", "instruct")
+CAPABILITIES = ("bf16", "fp8", "int8", "int4")
+BUILDERS = ("tiny-llama",)
+SEARCHES = ("grid", "random")
+
+
+@dataclass
+class CalibrationConfig:
+    """Where calibration samples come from and how many; sequence length is always explicit."""
+
+    source: str = "none"  # none | random (random token ids) | instruct (the model's instruction data)
+    num_samples: int = 512
+    max_seq_length: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class RecipeConfig:
+    """The llmcompressor knobs the study tuned, turned into modifiers by `cluster.recipes`."""
+
+    algorithm: str = "none"  # none (baseline) | rtn | gptq
+    scheme: str | None = None  # FP8_DYNAMIC | W8A8 | W4A16
+    targets: list[str] = field(default_factory=lambda: ["Linear"])
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])
+    group_size: int | None = None  # W4A16 only
+    observer: str = "minmax"  # minmax | mse (MSE-optimal clipping)
+    dampening_frac: float = 0.01
+    block_size: int = 128
+    actorder: str | None = "static"
+    smoothquant_strength: float | None = None  # None: no SmoothQuant
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+
+@dataclass
+class FormatConfig:
+    """One of the study's formats: what it stores and the recipe that produces it."""
+
+    name: str = MISSING
+    label: str = MISSING  # the paper's name, e.g. W8A8-INT
+    weights: str = MISSING
+    activations: str = MISSING
+    requires: str = "bf16"  # the hardware capability needed for fast kernels
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+
+@dataclass
+class ModelConfig:
+    """A base model: where its weights come from and how many GPUs each format needs."""
+
+    name: str = MISSING
+    family: str = ""
+    hub_id: str | None = None
+    path: str | None = None  # a local checkpoint directory (wins over hub_id)
+    builder: str | None = None  # built by quantsweep itself (tiny-llama)
+    params_b: float = MISSING  # parameters, billions
+    max_model_len: int = 4096
+    instruct_dataset: str | None = None  # calibration data for source=instruct (hub id)
+    gpus: dict[str, int] = field(default_factory=dict)  # format -> GPUs per replica (80 GB class)
+
+
+@dataclass
+class TaskSpec:
+    """One lm-eval task as the study ran it."""
+
+    name: str = MISSING
+    num_fewshot: int | None = None
+    metric: str = "acc"
+    random_baseline: float = 0.0  # Leaderboard V2 normalisation: subtracted, then rescaled
+
+
+@dataclass
+class SuiteConfig:
+    """A group of tasks whose average is the suite score (recovery is a ratio of those averages)."""
+
+    name: str = MISSING
+    description: str = ""
+    include_path: str | None = None  # extra lm-eval task dir; "builtin" = the tiny model's tasks
+    normalize: bool = False
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+
+@dataclass
+class UseCaseConfig:
+    """A traffic shape from the study: prompt and output lengths in tokens."""
+
+    name: str = MISSING
+    label: str = MISSING
+    prompt_tokens: int = MISSING
+    output_tokens: int = MISSING
+
+
+@dataclass
+class HardwareConfig:
+    """A deployment target and its on-demand price per number of devices."""
+
+    name: str = MISSING
+    kind: str = "gpu"  # gpu | cpu
+    device: str = MISSING
+    memory_gib: int = MISSING
+    capabilities: list[str] = field(default_factory=list)
+    price_per_hour: dict[int, float] = field(default_factory=dict)  # device count -> $/hour
+    price_note: str = ""
+
+
+@dataclass
+class EngineConfig:
+    """vLLM engine arguments, pinned and recorded with every result (Ray issue 55159)."""
+
+    max_num_seqs: int = 16
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gib: int = 1
+    enforce_eager: bool = True
+    dtype: str = "bfloat16"
+    seed: int = 0
+
+
+@dataclass
+class QuantizeStage:
+    """Resources for each quantization task."""
+
+    enabled: bool = True
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+
+@dataclass
+class EvalStage:
+    """How lm-eval runs: which suites, how many actors, and the knobs that swing scores."""
+
+    enabled: bool = True
+    suites: list[str] = field(default_factory=list)
+    actors: int = 2
+    cpus_per_actor: float = 1
+    limit: int | None = None  # docs per task; None = all
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    add_bos_token: bool = True
+    batch_size: str = "auto"
+    seed: int = 1234
+
+
+@dataclass
+class ServeStage:
+    """Ray Serve hosting plus the synchronous and Poisson load tests."""
+
+    enabled: bool = True
+    hardware: list[str] = field(default_factory=lambda: ["cpu-local"])
+    use_cases: list[str] = field(default_factory=list)
+    token_scale: float = 1.0  # multiplies the use-case token counts (CPU demo scales them down)
+    sync_requests: int = 8
+    async_rate: float = 2.0  # requests/s offered, Poisson arrivals
+    async_duration_s: float = 20.0
+    async_max_requests: int = 64
+    warmup_requests: int = 1
+    request_timeout_s: float = 120.0
+    replicas: int = 1
+    cpus_per_replica: float = 1
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # required when host is not loopback
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+@dataclass
+class TuneStage:
+    """A Ray Tune search over recipe knobs, with recovery on a suite as the objective."""
+
+    enabled: bool = False
+    format: str = "w8a8-int"
+    suite: str = MISSING
+    search: str = "grid"
+    num_samples: int = 1
+    max_concurrent: int = 1
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    limit: int | None = None
+    space: dict[str, Any] = field(default_factory=dict)  # recipe key (dotted) -> list of values
+
+
+@dataclass
+class RayOptions:
+    """How to reach Ray: RAY_ADDRESS / `address` for a cluster, else an embedded local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+@dataclass
+class SweepConfig:
+    """A sweep: which models x formats, and what each stage does with them."""
+
+    name: str = MISSING
+    description: str = ""
+    output_root: str = "runs"
+    conf_dir: str | None = None  # default: the repo's conf/
+    seed: int = 0
+    models: list[str] = MISSING
+    formats: list[str] = MISSING
+    baseline: str = "bf16"
+    model_paths: dict[str, str] = field(default_factory=dict)  # model name -> local checkpoint dir
+    quantize: QuantizeStage = field(default_factory=QuantizeStage)
+    eval: EvalStage = field(default_factory=EvalStage)
+    serve: ServeStage = field(default_factory=ServeStage)
+    tune: TuneStage = field(default_factory=TuneStage)
+    ray: RayOptions = field(default_factory=RayOptions)

@@ -1,0 +1,259 @@
+"""Load and validate conf/ and sweep files into the structured configs of `cluster.config`.
+
+Every problem becomes one `ConfigError` whose message names the file and the key; cross-field
+checks (unknown format names, missing model paths, impossible values) run here, before any stage
+starts and before anything is written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from cluster import config as C
+from cluster.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF_DIR = REPO_ROOT / "conf"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+T = TypeVar("T")
+
+
+@dataclass
+class Catalog:
+    """Everything conf/ defines, keyed by name."""
+
+    models: dict[str, C.ModelConfig]
+    formats: dict[str, C.FormatConfig]
+    suites: dict[str, C.SuiteConfig]
+    use_cases: dict[str, C.UseCaseConfig]
+    hardware: dict[str, C.HardwareConfig]
+    conf_dir: Path
+
+
+def _read_yaml(path: Path) -> Any:
+    """Read one YAML file or raise a ConfigError naming it."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def _describe(exc: OmegaConfBaseException, schema: type) -> str:
+    """Turn an omegaconf error into a short phrase naming the key."""
+    key = getattr(exc, "full_key", "") or ""
+    if isinstance(exc, ConfigKeyError):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        return f"unknown key '{key}'" + (
+            f" under '{parent}'" if parent else f" (not a field of {schema.__name__})"
+        )
+    if isinstance(exc, MissingMandatoryValue):
+        return f"missing required key '{key}'"
+    if isinstance(exc, ValidationError):
+        msg = str(exc).splitlines()[0]
+        return f"bad value for '{key}': {msg}"
+    return str(exc).splitlines()[0]
+
+
+def structured(schema: type[T], data: Any, source: str, overrides: list[str] | None = None) -> T:
+    """Merge `data` (and dotlist overrides) into `schema` in struct mode; return the object."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at top level, got {type(data).__name__}")
+    try:
+        cfg: DictConfig = OmegaConf.structured(schema)
+        cfg = OmegaConf.merge(cfg, data)
+        if overrides:
+            cfg = OmegaConf.merge(cfg, _parse_overrides(overrides, source))
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{source}: missing required key '{missing[0]}'")
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {_describe(exc, schema)}") from None
+
+
+def _parse_overrides(overrides: list[str], source: str) -> DictConfig:
+    """Parse CLI `key=value` overrides; a token without '=' is an error."""
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"{source}: override '{bad[0]}' is not of the form key=value")
+    return OmegaConf.from_dotlist(overrides)
+
+
+def _load_dir(directory: Path, schema: type[T]) -> dict[str, T]:
+    """Load every *.yaml in a conf/ subdirectory; the file stem must equal its `name`."""
+    items: dict[str, T] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        obj = structured(schema, _read_yaml(path), str(path))
+        name = obj.name  # type: ignore[attr-defined]
+        if name != path.stem:
+            raise ConfigError(f"{path}: name '{name}' must match the file name '{path.stem}'")
+        items[name] = obj
+    return items
+
+
+def _load_table(path: Path, schema: type[T]) -> dict[str, T]:
+    """Load a file mapping name -> entry (use cases, hardware)."""
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of name -> entry")
+    return {
+        name: structured(schema, {"name": name, **(entry or {})}, f"{path} [{name}]")
+        for name, entry in data.items()
+    }
+
+
+def load_catalog(conf_dir: Path | str | None = None) -> Catalog:
+    """Load and validate every entry under conf/."""
+    root = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
+    if not root.is_dir():
+        raise ConfigError(f"conf_dir '{root}' is not a directory")
+    catalog = Catalog(
+        models=_load_dir(root / "models", C.ModelConfig),
+        formats=_load_dir(root / "formats", C.FormatConfig),
+        suites=_load_dir(root / "suites", C.SuiteConfig),
+        use_cases=_load_table(root / "use_cases.yaml", C.UseCaseConfig),
+        hardware=_load_table(root / "hardware.yaml", C.HardwareConfig),
+        conf_dir=root,
+    )
+    for fmt in catalog.formats.values():
+        check_format(fmt, f"{root / 'formats' / fmt.name}.yaml")
+    for model in catalog.models.values():
+        check_model(model, f"{root / 'models' / model.name}.yaml", catalog)
+    for hw in catalog.hardware.values():
+        _check_choice(
+            hw.capabilities, C.CAPABILITIES, f"{root / 'hardware.yaml'} [{hw.name}]", "capabilities"
+        )
+    return catalog
+
+
+def _check_choice(value: Any, allowed: tuple, source: str, key: str) -> None:
+    """Raise unless value (or each item of a list value) is one of `allowed`."""
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v not in allowed:
+            raise ConfigError(f"{source}: {key} '{v}' is not one of {', '.join(map(str, allowed))}")
+
+
+def check_format(fmt: C.FormatConfig, source: str) -> None:
+    """Cross-field checks of a format's recipe."""
+    r = fmt.recipe
+    _check_choice(r.algorithm, C.ALGORITHMS, source, "recipe.algorithm")
+    _check_choice(r.observer, C.OBSERVERS, source, "recipe.observer")
+    _check_choice(r.calibration.source, C.CALIBRATION_SOURCES, source, "recipe.calibration.source")
+    _check_choice(fmt.requires, C.CAPABILITIES, source, "requires")
+    if r.algorithm != "none":
+        _check_choice(r.scheme, C.SCHEMES, source, "recipe.scheme")
+    if not 0.0 < r.dampening_frac < 1.0:
+        raise ConfigError(f"{source}: recipe.dampening_frac must be in (0, 1), got {r.dampening_frac}")
+    if r.smoothquant_strength is not None and not 0.0 < r.smoothquant_strength < 1.0:
+        raise ConfigError(
+            f"{source}: recipe.smoothquant_strength must be in (0, 1), got {r.smoothquant_strength}"
+        )
+    if r.group_size is not None and r.group_size <= 0:
+        raise ConfigError(f"{source}: recipe.group_size must be positive, got {r.group_size}")
+    if r.algorithm == "gptq" and r.calibration.source == "none":
+        raise ConfigError(f"{source}: recipe.calibration.source must be random or instruct for gptq")
+    for key in ("num_samples", "max_seq_length"):
+        if getattr(r.calibration, key) <= 0:
+            raise ConfigError(f"{source}: recipe.calibration.{key} must be positive")
+
+
+def check_model(model: C.ModelConfig, source: str, catalog: Catalog) -> None:
+    """A model needs a source of weights, and its GPU table may only name known formats."""
+    if model.builder is not None:
+        _check_choice(model.builder, C.BUILDERS, source, "builder")
+    if not (model.hub_id or model.path or model.builder):
+        raise ConfigError(f"{source}: a model needs one of hub_id, path or builder")
+    unknown = sorted(set(model.gpus) - set(catalog.formats))
+    if unknown:
+        raise ConfigError(f"{source}: gpus names unknown format '{unknown[0]}'")
+
+
+def load_sweep(path: Path | str, overrides: list[str] | None = None) -> tuple[C.SweepConfig, Catalog]:
+    """Load a sweep file plus CLI overrides, and validate it against the catalog."""
+    source = str(path)
+    sweep = structured(C.SweepConfig, _read_yaml(Path(path)), source, overrides)
+    catalog = load_catalog(sweep.conf_dir)
+    check_sweep(sweep, catalog, source)
+    return sweep, catalog
+
+
+def _known(names: list[str], table: dict, source: str, key: str) -> None:
+    """Every name must be a catalog entry."""
+    for name in names:
+        if name not in table:
+            raise ConfigError(f"{source}: {key} names unknown '{name}' (known: {', '.join(sorted(table))})")
+
+
+def check_sweep(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
+    """Cross-field checks that need the catalog; nothing has been written yet."""
+    if not NAME_RE.match(sweep.name):
+        raise ConfigError(f"{source}: name '{sweep.name}' must match {NAME_RE.pattern}")
+    _known(sweep.models, catalog.models, source, "models")
+    _known(sweep.formats, catalog.formats, source, "formats")
+    if not sweep.models or not sweep.formats:
+        raise ConfigError(f"{source}: models and formats must not be empty")
+    if sweep.baseline not in sweep.formats:
+        raise ConfigError(f"{source}: baseline '{sweep.baseline}' must be one of formats")
+    for name, mpath in sweep.model_paths.items():
+        _known([name], {m: 1 for m in sweep.models}, source, "model_paths")
+        if not (Path(mpath) / "config.json").is_file():
+            raise ConfigError(
+                f"{source}: model_paths.{name}: '{mpath}' is not a model directory (no config.json)"
+            )
+    for name in sweep.models:
+        model = catalog.models[name]
+        if model.path and not model.builder and name not in sweep.model_paths:
+            if not (Path(model.path) / "config.json").is_file():
+                raise ConfigError(
+                    f"model '{name}': path '{model.path}' is not a model directory (no config.json)"
+                )
+    _check_stages(sweep, catalog, source)
+
+
+def _check_stages(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
+    """Stage-level checks: suites, use cases, hardware, tuning space, serving safety."""
+    if sweep.eval.enabled:
+        _known(sweep.eval.suites, catalog.suites, source, "eval.suites")
+        if sweep.eval.actors < 1:
+            raise ConfigError(f"{source}: eval.actors must be >= 1, got {sweep.eval.actors}")
+    if sweep.serve.enabled:
+        _known(sweep.serve.use_cases, catalog.use_cases, source, "serve.use_cases")
+        _known(sweep.serve.hardware, catalog.hardware, source, "serve.hardware")
+        if sweep.serve.token_scale <= 0:
+            raise ConfigError(f"{source}: serve.token_scale must be positive")
+        if sweep.serve.host not in ("127.0.0.1", "localhost", "::1") and not sweep.serve.api_key:
+            raise ConfigError(f"{source}: serve.api_key is required when serve.host is '{sweep.serve.host}'")
+    if sweep.tune.enabled:
+        _check_tune(sweep, catalog, source)
+
+
+def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
+    """The tuning space may only name real recipe keys, each with a non-empty list of values."""
+    t = sweep.tune
+    _known([t.format], catalog.formats, source, "tune.format")
+    _known([t.suite], catalog.suites, source, "tune.suite")
+    _check_choice(t.search, C.SEARCHES, source, "tune.search")
+    if not t.space:
+        raise ConfigError(f"{source}: tune.space must name at least one recipe key")
+    recipe = OmegaConf.structured(C.RecipeConfig)
+    for key, values in t.space.items():
+        if OmegaConf.select(recipe, key, default="__absent__") == "__absent__":
+            raise ConfigError(f"{source}: tune.space key '{key}' is not a recipe field")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{source}: tune.space.{key} must be a non-empty list of values")

@@ -1,0 +1,402 @@
+"""Drive streamed `/v1/completions` load at an OpenAI-compatible server in the study's traffic profiles.
+
+Every request sends its prompt as token ids and pins the output length (`max_tokens` = `min_tokens`,
+`ignore_eos`, greedy), so a use case's prompt/output token counts are exact rather than "about so many
+words". Profiles: synchronous (one at a time: the paper's latency mode), poisson and constant (open loop
+at a target rate) and concurrent (closed loop at a fixed number in flight). Each request becomes one
+`RequestRecord`, failures included; a run never raises for a failed request and is bounded both in
+requests and in time. `run_*` functions are for plain code, `arun_*` for code already inside an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import httpx
+
+from serve.records import RequestRecord
+
+COMPLETIONS_PATH = "/v1/completions"
+DEFAULT_TIMEOUT_S = 300.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class StreamError(Exception):
+    """The server answered, but not with a well-formed, complete completion stream."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and what to ask: the completions URL, model, auth headers, output length and deadline."""
+
+    url: str
+    model: str
+    headers: dict[str, str]
+    max_tokens: int
+    timeout_s: float
+
+
+def make_prompts(
+    vocab_size: int, prompt_tokens: int, n: int, seed: int, avoid_ids: Iterable[int] = ()
+) -> list[list[int]]:
+    """Return `n` deterministic prompts of exactly `prompt_tokens` random token ids, skipping `avoid_ids`."""
+    if vocab_size < 1 or prompt_tokens < 1 or n < 1:
+        raise ValueError(
+            f"vocab_size, prompt_tokens and n must be >= 1, got {vocab_size}, {prompt_tokens}, {n}"
+        )
+    avoid = set(avoid_ids)
+    allowed = [i for i in range(vocab_size) if i not in avoid]
+    if not allowed:
+        raise ValueError(f"avoid_ids exclude every id of a vocabulary of {vocab_size}")
+    rng = random.Random(seed)
+    return [rng.choices(allowed, k=prompt_tokens) for _ in range(n)]
+
+
+def completion_payload(model: str, prompt: list[int], max_tokens: int) -> dict[str, Any]:
+    """The JSON body of one streamed completion request with its output length pinned."""
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        # vLLM extras: without them a model that emits EOS early shortens the use case's output.
+        "min_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "stream": True,
+        # The final chunk then carries `usage`, the server's own token counts.
+        "stream_options": {"include_usage": True},
+    }
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of an SSE `data:` line, or None for blank lines, comments and other fields."""
+    if not line.startswith("data:"):
+        return None
+    return line[len("data:") :].strip()
+
+
+def _chunk_has_text(event: dict[str, Any]) -> bool:
+    """Whether a stream event carries generated text (the usage-only chunk has no choices)."""
+    choices = event.get("choices") or []
+    if not isinstance(choices, list):
+        raise StreamError(f"'choices' is not a list: {choices!r:.200}")
+    return any(isinstance(c, dict) and c.get("text") for c in choices)
+
+
+async def _stream_into(
+    client: httpx.AsyncClient, target: Target, prompt: list[int], rec: RequestRecord, t0: float
+) -> None:
+    """Send one request and fill `rec` with chunk times and token counts; raise on any fault."""
+    payload = completion_payload(target.model, prompt, target.max_tokens)
+    usage: dict[str, Any] = {}
+    done = False
+    async with client.stream("POST", target.url, json=payload, headers=target.headers) as resp:
+        if resp.status_code >= 400:
+            body = (await resp.aread()).decode(errors="replace")
+            raise StreamError(f"HTTP {resp.status_code}: {body[:300]}")
+        async for line in resp.aiter_lines():
+            now = time.perf_counter() - t0  # stamp before parsing, so parsing cost is not latency
+            data = sse_data(line)
+            if data is None:
+                continue
+            if data == "[DONE]":
+                done = True
+                break
+            event = json.loads(data)
+            if not isinstance(event, dict):
+                raise StreamError(f"stream event is not an object: {data[:200]}")
+            if event.get("error"):
+                raise StreamError(f"error in stream: {event['error']!s:.300}")
+            # Chunks with empty text (detokenizer holding back a partial character) are invisible
+            # to a reader, so they do not count as a first token or an inter-token gap.
+            if _chunk_has_text(event):
+                rec.chunk_s.append(now)
+            if isinstance(event.get("usage"), dict):
+                usage = event["usage"]
+    if not done:
+        raise StreamError("stream ended without 'data: [DONE]'")
+    rec.end_s = time.perf_counter() - t0
+    rec.first_token_s = rec.chunk_s[0] if rec.chunk_s else None
+    rec.output_tokens = int(usage.get("completion_tokens") or len(rec.chunk_s))
+    rec.prompt_tokens = int(usage.get("prompt_tokens") or len(prompt))
+
+
+async def _send(
+    client: httpx.AsyncClient, target: Target, prompt: list[int], rec: RequestRecord
+) -> RequestRecord:
+    """Send one request and return its record; every failure becomes status='error', never an exception."""
+    rec.prompt_tokens = len(prompt)
+    rec.send_time = time.time()
+    t0 = time.perf_counter()
+    try:
+        # httpx's timeout is per read; this deadline bounds the whole request, stream included.
+        async with asyncio.timeout(target.timeout_s):
+            await _stream_into(client, target, prompt, rec, t0)
+    except TimeoutError:
+        _mark_failed(rec, f"timeout after {target.timeout_s}s", t0)
+    except Exception as exc:  # connection errors, HTTP errors, malformed JSON: all are data, not crashes
+        _mark_failed(rec, f"{type(exc).__name__}: {exc}", t0)
+    return rec
+
+
+def _mark_failed(rec: RequestRecord, error: str, t0: float) -> None:
+    """Turn a record into a failure, keeping when it failed."""
+    rec.status = "error"
+    rec.error = error or "unknown error"
+    rec.end_s = time.perf_counter() - t0
+
+
+def _target(base_url: str, model: str, max_tokens: int, api_key: str | None, timeout_s: float) -> Target:
+    """Validate the common arguments and build the request target."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    base = base_url.rstrip("/")
+    base = base[: -len("/v1")] if base.endswith("/v1") else base
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return Target(base + COMPLETIONS_PATH, model, headers, max_tokens, timeout_s)
+
+
+def _client(max_connections: int | None, timeout_s: float) -> httpx.AsyncClient:
+    """An HTTP client whose pool never caps the load below what the profile asks for."""
+    # httpx defaults to 100 connections, which would silently turn a high-rate run into concurrency 100;
+    # trust_env=False keeps proxy variables from putting a proxy between us and the server under test.
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s), trust_env=False)
+
+
+class _Ids:
+    """Request records for one run: ids unique across runs (random prefix, profile, counter)."""
+
+    def __init__(self, profile: str, rate: float | None) -> None:
+        self.profile, self.rate = profile, rate
+        self.prefix = f"{uuid.uuid4().hex[:8]}-{profile}"
+
+    def record(self, i: int, warmup: bool = False) -> RequestRecord:
+        """A fresh, not yet sent record for request `i` (or warm-up request `i`)."""
+        kind = "w" if warmup else "r"
+        return RequestRecord(f"{self.prefix}-{kind}{i:05d}", self.profile, self.rate, math.nan, warmup=warmup)
+
+
+async def _warmup(
+    client: httpx.AsyncClient, target: Target, prompts: Sequence[list[int]], n: int, ids: _Ids
+) -> list[RequestRecord]:
+    """Send `n` warm-up requests one at a time, recorded with warmup=True."""
+    out = []
+    for i in range(n):
+        # Reversed, so the measured requests that reuse these prompts get no prefix-cache hit from warm-up.
+        prompt = list(reversed(prompts[i % len(prompts)]))
+        out.append(await _send(client, target, prompt, ids.record(i, warmup=True)))
+    return out
+
+
+async def _closed_loop(
+    target: Target,
+    prompts: Sequence[list[int]],
+    *,
+    profile: str,
+    concurrency: int,
+    max_requests: int,
+    duration_s: float | None,
+    warmup: int,
+) -> list[RequestRecord]:
+    """Keep `concurrency` requests in flight until `max_requests` are sent or `duration_s` has passed."""
+    _check_prompts(prompts, max_requests, warmup)
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    ids = _Ids(profile, None)
+    async with _client(concurrency, target.timeout_s) as client:
+        records = await _warmup(client, target, prompts, warmup, ids)
+        deadline = time.perf_counter() + duration_s if duration_s else math.inf
+        counter = itertools.count()
+
+        async def worker() -> list[RequestRecord]:
+            done: list[RequestRecord] = []
+            while time.perf_counter() < deadline and (i := next(counter)) < max_requests:
+                done.append(await _send(client, target, prompts[i % len(prompts)], ids.record(i)))
+            return done
+
+        batches = await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return records + sorted(itertools.chain.from_iterable(batches), key=lambda r: r.send_time)
+
+
+async def _open_loop(
+    target: Target,
+    prompts: Sequence[list[int]],
+    offsets: list[float],
+    *,
+    profile: str,
+    rate: float,
+    warmup: int,
+) -> list[RequestRecord]:
+    """Send a request at each offset (s after start) regardless of how many are in flight, then wait for all."""
+    _check_prompts(prompts, len(offsets), warmup)
+    ids = _Ids(profile, rate)
+    async with _client(None, target.timeout_s) as client:
+        records = await _warmup(client, target, prompts, warmup, ids)
+        start = time.perf_counter()
+        tasks = []
+        for i, offset in enumerate(offsets):
+            delay = start + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            rec = ids.record(i)
+            tasks.append(asyncio.create_task(_send(client, target, prompts[i % len(prompts)], rec)))
+        # Each request carries its own deadline, so this wait is bounded by timeout_s after the last send.
+        records += await asyncio.gather(*tasks)
+    return records
+
+
+def _check_prompts(prompts: Sequence[list[int]], max_requests: int, warmup: int) -> None:
+    """Reject empty prompt lists and non-positive counts before any request is sent."""
+    if not prompts or any(not p for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    if max_requests < 0 or warmup < 0:
+        raise ValueError(f"max_requests and warmup must be >= 0, got {max_requests}, {warmup}")
+
+
+def poisson_offsets(rate: float, duration_s: float, max_requests: int, rng: random.Random) -> list[float]:
+    """Send times from 0 with exponential gaps of mean 1/rate, cut at `duration_s` and `max_requests`."""
+    _check_rate(rate, duration_s, max_requests)
+    offsets: list[float] = []
+    t = 0.0
+    while len(offsets) < max_requests and t < duration_s:
+        offsets.append(t)
+        t += rng.expovariate(rate)
+    return offsets
+
+
+def constant_offsets(rate: float, duration_s: float, max_requests: int) -> list[float]:
+    """Send times from 0 spaced exactly 1/rate apart, cut at `duration_s` and `max_requests`."""
+    _check_rate(rate, duration_s, max_requests)
+    n = min(max_requests, math.ceil(duration_s * rate))  # i / rate < duration_s  <=>  i < duration_s * rate
+    return [i / rate for i in range(n)]
+
+
+def _check_rate(rate: float, duration_s: float, max_requests: int) -> None:
+    """An open-loop run needs a positive rate, duration and request count."""
+    if not (rate > 0 and duration_s > 0 and max_requests >= 1):
+        raise ValueError(
+            f"rate and duration_s must be > 0 and max_requests >= 1, got {rate}, {duration_s}, {max_requests}"
+        )
+
+
+async def arun_synchronous(
+    base_url: str,
+    model: str,
+    prompts: Sequence[list[int]],
+    max_tokens: int,
+    *,
+    api_key: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    warmup: int = 1,
+    max_requests: int | None = None,
+    duration_s: float | None = None,
+) -> list[RequestRecord]:
+    """One request at a time over the prompts (or `max_requests` of them, cycled), after `warmup` requests."""
+    target = _target(base_url, model, max_tokens, api_key, timeout_s)
+    n = len(prompts) if max_requests is None else max_requests
+    return await _closed_loop(
+        target,
+        prompts,
+        profile="synchronous",
+        concurrency=1,
+        max_requests=n,
+        duration_s=duration_s,
+        warmup=warmup,
+    )
+
+
+async def arun_concurrent(
+    base_url: str,
+    model: str,
+    prompts: Sequence[list[int]],
+    max_tokens: int,
+    *,
+    concurrency: int,
+    max_requests: int,
+    duration_s: float | None = None,
+    api_key: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    warmup: int = 0,
+) -> list[RequestRecord]:
+    """Keep `concurrency` requests in flight until `max_requests` are sent (or `duration_s` passes)."""
+    target = _target(base_url, model, max_tokens, api_key, timeout_s)
+    return await _closed_loop(
+        target,
+        prompts,
+        profile="concurrent",
+        concurrency=concurrency,
+        max_requests=max_requests,
+        duration_s=duration_s,
+        warmup=warmup,
+    )
+
+
+async def arun_poisson(
+    base_url: str,
+    model: str,
+    prompts: Sequence[list[int]],
+    max_tokens: int,
+    *,
+    rate: float,
+    duration_s: float,
+    max_requests: int,
+    seed: int,
+    api_key: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    warmup: int = 0,
+) -> list[RequestRecord]:
+    """Open-loop Poisson arrivals at `rate` req/s from a seeded RNG, bounded by duration and count."""
+    target = _target(base_url, model, max_tokens, api_key, timeout_s)
+    offsets = poisson_offsets(rate, duration_s, max_requests, random.Random(seed))
+    return await _open_loop(target, prompts, offsets, profile="poisson", rate=rate, warmup=warmup)
+
+
+async def arun_constant(
+    base_url: str,
+    model: str,
+    prompts: Sequence[list[int]],
+    max_tokens: int,
+    *,
+    rate: float,
+    duration_s: float,
+    max_requests: int,
+    api_key: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    warmup: int = 0,
+) -> list[RequestRecord]:
+    """Open-loop arrivals exactly 1/rate apart, bounded by duration and count."""
+    target = _target(base_url, model, max_tokens, api_key, timeout_s)
+    offsets = constant_offsets(rate, duration_s, max_requests)
+    return await _open_loop(target, prompts, offsets, profile="constant", rate=rate, warmup=warmup)
+
+
+def _blocking(coro_fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """A blocking twin of an `arun_*` profile, same arguments, for callers outside an event loop."""
+
+    @functools.wraps(coro_fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return asyncio.run(coro_fn(*args, **kwargs))
+
+    run.__doc__ = f"Blocking `{coro_fn.__name__}`: {coro_fn.__doc__}"
+    return run
+
+
+run_synchronous = _blocking(arun_synchronous)
+run_concurrent = _blocking(arun_concurrent)
+run_poisson = _blocking(arun_poisson)
+run_constant = _blocking(arun_constant)
