@@ -217,6 +217,8 @@ class SweepConfig:
     formats: list[str] = MISSING
     baseline: str = "bf16"
     model_paths: dict[str, str] = field(default_factory=dict)  # model name -> local checkpoint dir
+    # format name -> {dotted recipe key: value}, e.g. {w8a8-int: {calibration.num_samples: 64}}
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
     quantize: QuantizeStage = field(default_factory=QuantizeStage)
     eval: EvalStage = field(default_factory=EvalStage)
     serve: ServeStage = field(default_factory=ServeStage)

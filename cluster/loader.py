@@ -190,7 +190,36 @@ def load_sweep(path: Path | str, overrides: list[str] | None = None) -> tuple[C.
     sweep = structured(C.SweepConfig, _read_yaml(Path(path)), source, overrides)
     catalog = load_catalog(sweep.conf_dir)
     check_sweep(sweep, catalog, source)
+    _apply_recipe_overrides(sweep, catalog, source)
     return sweep, catalog
+
+
+def _check_recipe_keys(keys: list[str], source: str, where: str) -> None:
+    """Each dotted key must name a RecipeConfig field."""
+    recipe = OmegaConf.structured(C.RecipeConfig)
+    for key in keys:
+        if OmegaConf.select(recipe, key, default="__absent__") == "__absent__":
+            raise ConfigError(f"{source}: {where} key '{key}' is not a recipe field")
+
+
+def _apply_recipe_overrides(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
+    """Apply the sweep's per-format recipe overrides to the catalog copy this run uses."""
+    for name, values in sweep.recipe_overrides.items():
+        _known([name], {f: 1 for f in sweep.formats}, source, "recipe_overrides")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: recipe_overrides.{name} must map recipe keys to values")
+        _check_recipe_keys(list(values), source, f"recipe_overrides.{name}")
+        fmt = catalog.formats[name]
+        try:
+            merged = OmegaConf.structured(fmt.recipe)
+            for key, value in values.items():
+                OmegaConf.update(merged, key, value, merge=False)
+            fmt.recipe = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        except OmegaConfBaseException as exc:
+            raise ConfigError(
+                f"{source}: recipe_overrides.{name}: {_describe(exc, C.RecipeConfig)}"
+            ) from None
+        check_format(fmt, f"{source} (recipe_overrides.{name})")
 
 
 def _known(names: list[str], table: dict, source: str, key: str) -> None:
@@ -251,9 +280,7 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     _check_choice(t.search, C.SEARCHES, source, "tune.search")
     if not t.space:
         raise ConfigError(f"{source}: tune.space must name at least one recipe key")
-    recipe = OmegaConf.structured(C.RecipeConfig)
+    _check_recipe_keys(list(t.space), source, "tune.space")
     for key, values in t.space.items():
-        if OmegaConf.select(recipe, key, default="__absent__") == "__absent__":
-            raise ConfigError(f"{source}: tune.space key '{key}' is not a recipe field")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{source}: tune.space.{key} must be a non-empty list of values")

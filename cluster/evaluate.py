@@ -1,0 +1,200 @@
+"""The evaluate stage: every checkpoint on every suite, through the actor pool; then recovery.
+
+Per checkpoint a pool of vLLM actors is started once and reused for all suites, then stopped.
+Scores are lm-eval's own; a suite's score is the mean of its task metrics (Leaderboard V2
+normalises each first); recovery is 100 x format score / baseline score, a ratio of averages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from cluster.config import SuiteConfig, TaskSpec
+
+
+def metric_value(task_result: dict[str, Any], metric: str) -> tuple[str, float, float | None]:
+    """Find `metric` (e.g. 'acc' or 'exact_match,strict-match') in lm-eval's per-task results."""
+    for key, value in task_result.items():
+        name = key.split(",")[0]
+        if (key == metric or name == metric) and "_stderr" not in key:
+            err = task_result.get(key.replace(name, f"{name}_stderr", 1))
+            stderr = float(err) if isinstance(err, (int, float)) else None
+            return key, float(value), stderr
+    raise KeyError(f"metric '{metric}' not in lm-eval results ({', '.join(task_result)})")
+
+
+def task_score(spec: TaskSpec, value: float, normalize: bool) -> float:
+    """A task's contribution to its suite, on 0-100 (V2: random baseline subtracted, rescaled)."""
+    if normalize:
+        b = spec.random_baseline
+        return max(0.0, (value - b) / (1.0 - b)) * 100.0
+    return value * 100.0
+
+
+def suite_score(suite: SuiteConfig, values: dict[str, float]) -> float:
+    """Mean of the suite's task scores (NaN when a task is missing)."""
+    scores = [task_score(t, values[t.name], suite.normalize) for t in suite.tasks if t.name in values]
+    return sum(scores) / len(scores) if len(scores) == len(suite.tasks) else math.nan
+
+
+def recovery_pct(score: float, baseline: float) -> float:
+    """100 x score / baseline (NaN when the baseline is zero or missing)."""
+    if not baseline or math.isnan(baseline) or math.isnan(score):
+        return math.nan
+    return 100.0 * score / baseline
+
+
+def _include_path(suite: SuiteConfig, model) -> str | None:
+    if suite.include_path != "builtin":
+        return suite.include_path
+    if not model.include_path:
+        from cluster.errors import StageError
+
+        raise StageError(
+            f"suite '{suite.name}' uses the builtin tasks, which model '{model.config.name}' lacks"
+        )
+    return model.include_path
+
+
+def _score_rows(ctx, m: str, f: str, suite: SuiteConfig, out: dict, engine_args: str) -> list[dict]:
+    ev = ctx.sweep.eval
+    rows = []
+    for t in suite.tasks:
+        key, value, stderr = metric_value(out["results"][t.name], t.metric)
+        n = out["n-samples"].get(t.name, {}).get("effective")
+        rows.append(
+            {
+                "sweep": ctx.sweep.name,
+                "model": m,
+                "format": f,
+                "suite": suite.name,
+                "task": t.name,
+                "metric": key,
+                "value": value,
+                "stderr": stderr,
+                "n": n,
+                "num_fewshot": t.num_fewshot,
+                "limit": ev.limit,
+                "backend": "quantsweep-ray-vllm",
+                "actors": ev.actors,
+                "batch_size": ev.batch_size,
+                "add_bos_token": ev.add_bos_token,
+                "apply_chat_template": ev.apply_chat_template,
+                "fewshot_as_multiturn": ev.fewshot_as_multiturn,
+                "eval_seed": ev.seed,
+                "engine_args": engine_args,
+            }
+        )
+    return rows
+
+
+def _sample_rows(ctx, m: str, f: str, suite: SuiteConfig, out: dict) -> list[dict]:
+    rows = []
+    for t in suite.tasks:
+        for s in out["samples"].get(t.name, []):
+            metrics = {k: float(s[k]) for k in s.get("metrics", []) if isinstance(s.get(k), (int, float))}
+            rows.append(
+                {
+                    "sweep": ctx.sweep.name,
+                    "model": m,
+                    "format": f,
+                    "suite": suite.name,
+                    "task": t.name,
+                    "doc_id": int(s["doc_id"]),
+                    "prompt_hash": s.get("prompt_hash"),
+                    "target": str(s.get("target")),
+                    "response": json.dumps(s.get("filtered_resps"), default=str),
+                    "metrics": list(metrics.items()),
+                }
+            )
+    return rows
+
+
+def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict]]:
+    from cluster.evalpool import EngineSpec, ShardedLM, evaluate_suite, start_pool, stop_pool
+
+    ev, model = ctx.sweep.eval, ctx.models[m]
+    tp = 1 if ctx.cpu_only else model.config.gpus.get(f, 1)
+    spec = EngineSpec(
+        model_path=ctx.checkpoints[(m, f)].path,
+        max_model_len=ctx.sweep.serve.engine.max_model_len,
+        seed=ev.seed,
+        tensor_parallel_size=tp,
+        add_bos_token=ev.add_bos_token,
+        batch_size=ev.batch_size,
+    )
+    engine_args = json.dumps(spec.model_args(), sort_keys=True)
+    actors = start_pool(spec, ev.actors, ev.cpus_per_actor, 0 if ctx.cpu_only else tp)
+    scores, samples = [], []
+    try:
+        lm = ShardedLM(actors)
+        for s in ev.suites:
+            suite = ctx.catalog.suites[s]
+            tasks = [(t.name, t.num_fewshot) for t in suite.tasks]
+            out = evaluate_suite(
+                lm,
+                tasks,
+                _include_path(suite, model),
+                ev.limit,
+                ev.apply_chat_template,
+                ev.fewshot_as_multiturn,
+                ev.seed,
+            )
+            scores += _score_rows(ctx, m, f, suite, out, engine_args)
+            samples += _sample_rows(ctx, m, f, suite, out)
+    finally:
+        stop_pool(actors)
+    return scores, samples
+
+
+def recovery_rows(ctx, scores: list[dict]) -> list[dict]:
+    """Per (model, format, suite): suite score, baseline score, recovery."""
+    sweep, rows = ctx.sweep, []
+    for m in sweep.models:
+        for s in sweep.eval.suites:
+            suite = ctx.catalog.suites[s]
+            by_fmt = {
+                f: {
+                    r["task"]: r["value"]
+                    for r in scores
+                    if (r["model"], r["format"], r["suite"]) == (m, f, s)
+                }
+                for f in sweep.formats
+            }
+            base = suite_score(suite, by_fmt[sweep.baseline])
+            for f in sweep.formats:
+                score = suite_score(suite, by_fmt[f])
+                rows.append(
+                    {
+                        "sweep": sweep.name,
+                        "model": m,
+                        "format": f,
+                        "suite": s,
+                        "baseline_format": sweep.baseline,
+                        "score": score,
+                        "baseline_score": base,
+                        "recovery_pct": recovery_pct(score, base),
+                        "n_tasks": len(suite.tasks),
+                    }
+                )
+    return rows
+
+
+def run_stage(ctx) -> None:
+    """Evaluate every checkpoint on every suite; fill eval_scores, eval_samples and recovery."""
+    scores: list[dict] = []
+    samples: list[dict] = []
+    for m in ctx.sweep.models:
+        for f in ctx.sweep.formats:
+            ctx.console.log(
+                f"evaluate: {m} {f} on {', '.join(ctx.sweep.eval.suites)} "
+                f"with {ctx.sweep.eval.actors} vLLM actor(s)"
+            )
+            sc, sa = _evaluate_checkpoint(ctx, m, f)
+            scores += sc
+            samples += sa
+    ctx.results["eval_scores"] = scores
+    ctx.results["eval_samples"] = samples
+    ctx.results["recovery"] = recovery_rows(ctx, scores)

@@ -1,0 +1,153 @@
+"""The schema catalog: one explicit pyarrow schema per dataset quantsweep writes.
+
+Writers never infer types from the first batch (Ray Data breaks on blocks whose nullability
+differs); every row also carries the provenance columns (run id, time, config hash, git sha,
+package versions, seed). Datasets are partitioned by sweep/model/format (hive layout), so those
+three columns live in the directory names and come back when read with plain pyarrow.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PARTITION_COLS = ("sweep", "model", "format")
+
+PROVENANCE = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("config_hash", pa.string(), nullable=False),
+    pa.field("git_sha", pa.string(), nullable=False),
+    pa.field("versions", pa.map_(pa.string(), pa.string()), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+]
+
+_KEYS = [pa.field(c, pa.string(), nullable=False) for c in PARTITION_COLS]
+
+_F64 = pa.float64()
+
+
+def _schema(*fields: pa.Field) -> pa.Schema:
+    return pa.schema([*_KEYS, *fields, *PROVENANCE])
+
+
+QUANTIZED = _schema(
+    pa.field("label", pa.string(), nullable=False),
+    pa.field("algorithm", pa.string(), nullable=False),
+    pa.field("scheme", pa.string()),
+    pa.field("recipe_yaml", pa.string(), nullable=False),
+    pa.field("artifact_key", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("wall_s", _F64),
+    pa.field("peak_rss_mb", _F64),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("cache_hit", pa.bool_(), nullable=False),
+    pa.field("rtn_fallback_modules", pa.list_(pa.string()), nullable=False),
+    pa.field("health", pa.string(), nullable=False),
+)
+
+EVAL_SCORES = _schema(
+    pa.field("suite", pa.string(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("metric", pa.string(), nullable=False),
+    pa.field("value", _F64),
+    pa.field("stderr", _F64),
+    pa.field("n", pa.int64()),
+    pa.field("num_fewshot", pa.int64()),
+    pa.field("limit", pa.int64()),
+    pa.field("backend", pa.string(), nullable=False),
+    pa.field("actors", pa.int64(), nullable=False),
+    pa.field("batch_size", pa.string(), nullable=False),
+    pa.field("add_bos_token", pa.bool_(), nullable=False),
+    pa.field("apply_chat_template", pa.bool_(), nullable=False),
+    pa.field("fewshot_as_multiturn", pa.bool_(), nullable=False),
+    pa.field("eval_seed", pa.int64(), nullable=False),
+    pa.field("engine_args", pa.string(), nullable=False),
+)
+
+EVAL_SAMPLES = _schema(
+    pa.field("suite", pa.string(), nullable=False),
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("doc_id", pa.int64(), nullable=False),
+    pa.field("prompt_hash", pa.string()),
+    pa.field("target", pa.string()),
+    pa.field("response", pa.string()),
+    pa.field("metrics", pa.map_(pa.string(), _F64), nullable=False),
+)
+
+RECOVERY = _schema(
+    pa.field("suite", pa.string(), nullable=False),
+    pa.field("baseline_format", pa.string(), nullable=False),
+    pa.field("score", _F64),
+    pa.field("baseline_score", _F64),
+    pa.field("recovery_pct", _F64),
+    pa.field("n_tasks", pa.int64(), nullable=False),
+)
+
+REQUESTS = _schema(
+    pa.field("hardware", pa.string(), nullable=False),
+    pa.field("use_case", pa.string(), nullable=False),
+    pa.field("mode", pa.string(), nullable=False),
+    pa.field("profile", pa.string(), nullable=False),
+    pa.field("target_rate", _F64),
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("send_time", _F64, nullable=False),
+    pa.field("first_token_s", _F64),
+    pa.field("chunk_s", pa.list_(_F64), nullable=False),
+    pa.field("end_s", _F64),
+    pa.field("prompt_tokens", pa.int64(), nullable=False),
+    pa.field("output_tokens", pa.int64(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string(), nullable=False),
+    pa.field("warmup", pa.bool_(), nullable=False),
+)
+
+PERF = _schema(
+    pa.field("hardware", pa.string(), nullable=False),
+    pa.field("device", pa.string(), nullable=False),
+    pa.field("device_count", pa.int64(), nullable=False),
+    pa.field("price_per_hour", _F64),
+    pa.field("use_case", pa.string(), nullable=False),
+    pa.field("prompt_tokens", pa.int64(), nullable=False),
+    pa.field("output_tokens", pa.int64(), nullable=False),
+    pa.field("mode", pa.string(), nullable=False),
+    pa.field("target_rate", _F64),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("skip_reason", pa.string(), nullable=False),
+    pa.field("completed", pa.int64()),
+    pa.field("failed", pa.int64()),
+    pa.field("error_rate", _F64),
+    pa.field("request_throughput", _F64),
+    pa.field("output_throughput", _F64),
+    pa.field("mean_ttft_ms", _F64),
+    pa.field("p99_ttft_ms", _F64),
+    pa.field("mean_tpot_ms", _F64),
+    pa.field("mean_tpot_incl_first_ms", _F64),
+    pa.field("mean_itl_ms", _F64),
+    pa.field("mean_e2el_ms", _F64),
+    pa.field("p99_e2el_ms", _F64),
+    pa.field("queries_per_dollar", _F64),
+    pa.field("engine_args", pa.string(), nullable=False),
+)
+
+TRIALS = _schema(
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("params", pa.map_(pa.string(), pa.string()), nullable=False),
+    pa.field("suite", pa.string(), nullable=False),
+    pa.field("score", _F64),
+    pa.field("baseline_score", _F64),
+    pa.field("recovery_pct", _F64),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("artifact_key", pa.string()),
+    pa.field("rtn_fallback_modules", pa.list_(pa.string()), nullable=False),
+    pa.field("wall_s", _F64),
+)
+
+CATALOG: dict[str, pa.Schema] = {
+    "quantized": QUANTIZED,
+    "eval_scores": EVAL_SCORES,
+    "eval_samples": EVAL_SAMPLES,
+    "recovery": RECOVERY,
+    "requests": REQUESTS,
+    "perf": PERF,
+    "trials": TRIALS,
+}

@@ -1,0 +1,143 @@
+"""Host vLLM replicas on Ray Serve behind an OpenAI-compatible API (`ray.serve.llm`).
+
+One application serves every checkpoint of a model side by side (`/v1/models` lists them, the
+request's `model` field routes). Engine arguments are pinned from config and returned so they can
+be recorded with every result (Ray Serve LLM ran different engine defaults: Ray issue 55159).
+On CPU machines each engine gets its own core and KV-cache budget; on GPU clusters each replica
+gets `tensor_parallel_size` GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from cluster.config import EngineConfig
+from cluster.errors import StageError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServedModel:
+    """One checkpoint to serve: its public model id, its path and its GPU count."""
+
+    model_id: str
+    path: str
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class ServeSpec:
+    """Everything that shapes the application; recorded with each perf row."""
+
+    models: list[ServedModel]
+    engine: EngineConfig
+    cpu_only: bool
+    replicas: int = 1
+    cpus_per_replica: float = 1
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    app_name: str = "quantsweep"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def engine_kwargs(engine: EngineConfig, tp: int, cpu_only: bool) -> dict[str, Any]:
+    """The vLLM engine arguments every replica runs with."""
+    kwargs: dict[str, Any] = {
+        "max_num_seqs": engine.max_num_seqs,
+        "max_model_len": engine.max_model_len,
+        "dtype": engine.dtype,
+        "enforce_eager": engine.enforce_eager,
+        "seed": engine.seed,
+        "tensor_parallel_size": tp,
+    }
+    if not cpu_only:
+        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    elif tp == 1:
+        # The engine core already runs in its own process; a separate worker process per
+        # engine only adds start-up time on CPU.
+        kwargs["distributed_executor_backend"] = "uni"
+    return kwargs
+
+
+def _llm_config(spec: ServeSpec, model: ServedModel, index: int):
+    """A ray.serve.llm LLMConfig for one checkpoint."""
+    from ray.serve.llm import LLMConfig
+
+    env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", **spec.extra_env}
+    extra: dict[str, Any] = {}
+    if spec.cpu_only:
+        env.update(
+            {
+                "VLLM_TARGET_DEVICE": "cpu",
+                "VLLM_CPU_KVCACHE_SPACE": str(spec.engine.cpu_kv_cache_gib),
+                "VLLM_CPU_OMP_THREADS_BIND": str(index % (os.cpu_count() or 1)),
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            }
+        )
+        extra = {
+            "accelerator_config": {"kind": "cpu"},
+            "placement_group_config": {"bundles": [{"CPU": spec.cpus_per_replica}]},
+        }
+    return LLMConfig(
+        model_loading_config={"model_id": model.model_id, "model_source": model.path},
+        engine_kwargs=engine_kwargs(spec.engine, model.tensor_parallel_size, spec.cpu_only),
+        deployment_config={"num_replicas": spec.replicas},
+        runtime_env={"env_vars": env},
+        log_engine_metrics=False,
+        **extra,
+    )
+
+
+def start(spec: ServeSpec, timeout_s: float = 600.0) -> str:
+    """Deploy the application and wait until every model answers; return the base URL."""
+    if spec.host not in LOOPBACK and not spec.api_key:
+        raise StageError(f"serve.host '{spec.host}' is not loopback: set serve.api_key")
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    serve.start(http_options={"host": spec.host, "port": spec.port})
+    configs = [_llm_config(spec, m, i) for i, m in enumerate(spec.models)]
+    app_args: dict[str, Any] = {"llm_configs": configs}
+    serve.run(build_openai_app(app_args), name=spec.app_name, route_prefix="/", blocking=False)
+    base_url = f"http://{'127.0.0.1' if spec.host in LOOPBACK else spec.host}:{spec.port}"
+    wait_ready(base_url, [m.model_id for m in spec.models], spec.api_key, timeout_s)
+    return base_url
+
+
+def wait_ready(base_url: str, model_ids: list[str], api_key: str | None, timeout_s: float) -> None:
+    """Poll /v1/models and a one-token completion per model until all answer."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout_s
+    pending = list(model_ids)
+    last = ""
+    while pending and time.monotonic() < deadline:
+        try:
+            r = httpx.post(
+                f"{base_url}/v1/completions",
+                headers=headers,
+                timeout=60,
+                json={"model": pending[0], "prompt": "hi", "max_tokens": 1},
+            )
+            if r.status_code == 200:
+                pending.pop(0)
+                continue
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(2)
+    if pending:
+        raise StageError(f"Serve app not ready after {timeout_s:.0f}s ({pending[0]}): {last}")
+
+
+def stop(app_name: str = "quantsweep") -> None:
+    """Delete the application (and its replicas)."""
+    from ray import serve
+
+    serve.delete(app_name)

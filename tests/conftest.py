@@ -1,0 +1,50 @@
+"""Shared fixtures: a real local Ray, the real tiny model, real engines, built once per session.
+
+Starting a vLLM engine or a Ray Serve app costs 20-70 s on a 2-core machine, so everything
+expensive is session-scoped and shared.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Where the session builds the tiny model (QS_TEST_CACHE reuses one across sessions)."""
+    env = os.environ.get("QS_TEST_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny(cache_dir):
+    """The tiny Llama's assets (model, tokenizer, tasks, calibration text)."""
+    from cluster import tinymodel
+
+    return tinymodel.build(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray with more scheduling slots than cores (as the embedded run uses)."""
+    import ray
+
+    from cluster.context import MIN_LOCAL_CPU_SLOTS
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=MIN_LOCAL_CPU_SLOTS,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}},
+        )
+    yield ray
+    ray.shutdown()
