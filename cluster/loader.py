@@ -74,7 +74,7 @@ def structured(schema: type[T], data: Any, source: str, overrides: list[str] | N
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at top level, got {type(data).__name__}")
     try:
-        cfg: DictConfig = OmegaConf.structured(schema)
+        cfg: Any = OmegaConf.structured(schema)
         cfg = OmegaConf.merge(cfg, data)
         if overrides:
             cfg = OmegaConf.merge(cfg, _parse_overrides(overrides, source))

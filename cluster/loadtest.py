@@ -177,6 +177,7 @@ def _serve_model(ctx, m: str) -> tuple[list[dict], list[dict]]:
                 ctx.console.log(f"  load test {m} {f} {u} ({pt} -> {ot} tokens) on {hw.name}")
                 n_prompts = sv.sync_requests + sv.async_max_requests + sv.warmup_requests
                 prompts = loadgen.make_prompts(len(tok), pt, n_prompts, ctx.sweep.seed, tok.all_special_ids)
+                assert price is not None  # serve_skip_reason checked the price table
                 p, r = _measure(ctx, base_url, f"{m}-{f}", base, prompts, ot, price)
                 perf += p
                 reqs += r

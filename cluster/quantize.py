@@ -164,7 +164,7 @@ def quantize_all(jobs: list[QuantizeJob], num_cpus: float, num_gpus: float) -> l
     found = [find_artifact(job) for job in jobs]
     refs = {i: remote.remote(job) for i, job in enumerate(jobs) if found[i] is None}
     built = dict(zip(refs, ray.get(list(refs.values())), strict=True))
-    return [built[i] if i in built else {**found[i], "cache_hit": True} for i in range(len(jobs))]
+    return [built[i] if i in built else {**(found[i] or {}), "cache_hit": True} for i in range(len(jobs))]
 
 
 def _health(meta: dict[str, Any]) -> str:

@@ -166,12 +166,15 @@ def _tune_model(ctx, m: str) -> list[dict]:
         run_config=tune.RunConfig(name=name, storage_path=str(ctx.root / "tune")),
     )
     grid = tuner.fit()
-    rows = [_trial_row(ctx, m, suite.name, base, r) for r in grid]
+    rows = [_trial_row(ctx, m, suite.name, base, grid[i]) for i in range(len(grid))]
     best = grid.get_best_result()
-    best_recipe = apply_params(fmt.recipe, {k: best.config[k] for k in t.space})
+    best_config, best_metrics = best.config or {}, best.metrics or {}
+    best_recipe = apply_params(fmt.recipe, {k: best_config[k] for k in t.space})
     path = ctx.root / "tune" / name / "best_recipe.yaml"
     path.write_text(yaml.safe_dump(OmegaConf.to_container(OmegaConf.structured(best_recipe)), sort_keys=True))
-    ctx.console.log(f"tune: best {best.config} -> recovery {best.metrics['recovery']:.2f}%; recipe {path}")
+    ctx.console.log(
+        f"tune: best {best_config} -> recovery {best_metrics.get('recovery', float('nan')):.2f}%; recipe {path}"
+    )
     return rows
 
 

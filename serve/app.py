@@ -66,7 +66,7 @@ def engine_kwargs(engine: EngineConfig, tp: int, cpu_only: bool) -> dict[str, An
     return kwargs
 
 
-def _llm_config(spec: ServeSpec, model: ServedModel, index: int):
+def _llm_config(spec: ServeSpec, model: ServedModel):
     """A ray.serve.llm LLMConfig for one checkpoint."""
     from ray.serve.llm import LLMConfig
 
@@ -77,7 +77,10 @@ def _llm_config(spec: ServeSpec, model: ServedModel, index: int):
             {
                 "VLLM_TARGET_DEVICE": "cpu",
                 "VLLM_CPU_KVCACHE_SPACE": str(spec.engine.cpu_kv_cache_gib),
-                "VLLM_CPU_OMP_THREADS_BIND": str(index % (os.cpu_count() or 1)),
+                # Every engine binds to the last core (the load tests drive one model at a time),
+                # leaving the others to the proxy, ingress and client; one runtime env for all
+                # configs also lets Ray reuse worker processes for their start-up tasks.
+                "VLLM_CPU_OMP_THREADS_BIND": str((os.cpu_count() or 1) - 1),
                 "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             }
         )
@@ -103,7 +106,7 @@ def start(spec: ServeSpec, timeout_s: float = 600.0) -> str:
     from ray.serve.llm import build_openai_app
 
     serve.start(http_options={"host": spec.host, "port": spec.port})
-    configs = [_llm_config(spec, m, i) for i, m in enumerate(spec.models)]
+    configs = [_llm_config(spec, m) for m in spec.models]
     app_args: dict[str, Any] = {"llm_configs": configs}
     serve.run(build_openai_app(app_args), name=spec.app_name, route_prefix="/", blocking=False)
     base_url = f"http://{'127.0.0.1' if spec.host in LOOPBACK else spec.host}:{spec.port}"

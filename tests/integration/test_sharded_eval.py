@@ -1,0 +1,67 @@
+"""The actor pool's metrics equal plain, unsharded lm-eval on the same model and tasks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cluster.evalpool import (
+    CPU_ENGINE_ENV,
+    EngineSpec,
+    ShardedLM,
+    evaluate_suite,
+    reference_evaluate,
+    start_pool,
+    stop_pool,
+)
+
+pytestmark = pytest.mark.integration
+TASKS = ["qs_tiny_mc", "qs_tiny_gen"]
+
+
+@pytest.fixture(scope="module")
+def both(tiny, ray_local):
+    """(sharded over 2 actors, unsharded lm-eval) results for the tiny bf16 model."""
+    ray = ray_local
+    spec = EngineSpec(model_path=str(tiny.model_dir))
+    env = {**CPU_ENGINE_ENV, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    ref_fn = ray.remote(num_cpus=1, max_calls=1)(reference_evaluate).options(runtime_env={"env_vars": env})
+    reference = ray.get(ref_fn.remote(spec, TASKS, str(tiny.tasks_dir), None, 1234))
+    actors = start_pool(spec, 2, 1, 0)
+    try:
+        pids = ray.get([a.pid.remote() for a in actors])
+        sharded = evaluate_suite(
+            ShardedLM(actors), [(t, None) for t in TASKS], str(tiny.tasks_dir), None, False, False, 1234
+        )
+    finally:
+        stop_pool(actors)
+    return sharded, reference, pids
+
+
+def test_two_distinct_actor_processes(both):
+    _, _, pids = both
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
+def test_sharded_metrics_identical_to_unsharded(both):
+    sharded, reference, _ = both
+    for task in TASKS:
+        ours = {k: v for k, v in sharded["results"][task].items() if "," in k}
+        theirs = {k: v for k, v in reference["results"][task].items() if "," in k}
+        assert ours and ours == theirs, task
+
+
+def test_every_sample_identical_and_present_once(both):
+    sharded, reference, _ = both
+    for task in TASKS:
+        ours = {s["doc_id"]: s["filtered_resps"] for s in sharded["samples"][task]}
+        theirs = {s["doc_id"]: s["filtered_resps"] for s in reference["samples"][task]}
+        assert len(ours) == len(sharded["samples"][task]) == len(theirs) > 0
+        assert ours == theirs, task
+
+
+def test_generation_task_really_generated(both):
+    sharded, _, _ = both
+    responses = [s["resps"][0][0] for s in sharded["samples"]["qs_tiny_gen"]]
+    assert all(isinstance(r, str) for r in responses) and any(r for r in responses)
