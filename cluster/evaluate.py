@@ -112,8 +112,8 @@ def _sample_rows(ctx, m: str, f: str, suite: SuiteConfig, out: dict) -> list[dic
     return rows
 
 
-def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict]]:
-    from cluster.evalpool import EngineSpec, ShardedLM, evaluate_suite, start_pool, stop_pool
+def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict], list[str]]:
+    from cluster.evalpool import EngineSpec, ShardedLM, evaluate_suite, start_actor, start_pool, stop_pool
 
     ev, model = ctx.sweep.eval, ctx.models[m]
     tp = 1 if ctx.cpu_only else model.config.gpus.get(f, 1)
@@ -126,10 +126,11 @@ def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict]]:
         batch_size=ev.batch_size,
     )
     engine_args = json.dumps(spec.model_args(), sort_keys=True)
-    actors = start_pool(spec, ev.actors, ev.cpus_per_actor, 0 if ctx.cpu_only else tp)
+    gpus = 0 if ctx.cpu_only else tp
+    actors = start_pool(spec, ev.actors, ev.cpus_per_actor, gpus)
+    lm = ShardedLM(actors, replace=lambda slot: start_actor(spec, slot, ev.cpus_per_actor, gpus))
     scores, samples = [], []
     try:
-        lm = ShardedLM(actors)
         for s in ev.suites:
             suite = ctx.catalog.suites[s]
             tasks = [(t.name, t.num_fewshot) for t in suite.tasks]
@@ -144,13 +145,40 @@ def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict]]:
             )
             scores += _score_rows(ctx, m, f, suite, out, engine_args)
             samples += _sample_rows(ctx, m, f, suite, out)
+        gens = _generations(ctx, lm, m)
     finally:
-        stop_pool(actors)
-    return scores, samples
+        stop_pool(lm.actors)
+    if lm.failures:
+        ctx.console.log(f"  {lm.failures} evaluation actor(s) died and were replaced; no request lost")
+    return scores, samples, gens
 
 
-def recovery_rows(ctx, scores: list[dict]) -> list[dict]:
-    """Per (model, format, suite): suite score, baseline score, recovery."""
+def _generations(ctx, lm, m: str) -> list[str]:
+    """Greedy answers to the similarity prompts (empty when similarity is off)."""
+    stage = ctx.sweep.eval.similarity
+    if not stage.enabled:
+        return []
+    from cluster.similarity import generate, similarity_prompts
+
+    return generate(lm, similarity_prompts(stage, ctx.models[m].include_path), stage.max_tokens)
+
+
+def per_doc(samples: list[dict], suite: SuiteConfig, m: str, f: str) -> dict[str, dict[int, float]]:
+    """Per task of the suite, doc_id -> the task metric's per-document value."""
+    metric = {t.name: t.metric.split(",")[0] for t in suite.tasks}
+    out: dict[str, dict[int, float]] = {t.name: {} for t in suite.tasks}
+    for r in samples:
+        if (r["model"], r["format"], r["suite"]) == (m, f, suite.name) and r["task"] in metric:
+            values = dict(r["metrics"])
+            if metric[r["task"]] in values:
+                out[r["task"]][r["doc_id"]] = values[metric[r["task"]]]
+    return out
+
+
+def recovery_rows(ctx, scores: list[dict], samples: list[dict]) -> list[dict]:
+    """Per (model, format, suite): scores, recovery with a bootstrap CI, and flips vs baseline."""
+    from cluster.stats import bootstrap_recovery, flips
+
     sweep, rows = ctx.sweep, []
     for m in sweep.models:
         for s in sweep.eval.suites:
@@ -164,8 +192,11 @@ def recovery_rows(ctx, scores: list[dict]) -> list[dict]:
                 for f in sweep.formats
             }
             base = suite_score(suite, by_fmt[sweep.baseline])
+            base_docs = per_doc(samples, suite, m, sweep.baseline)
             for f in sweep.formats:
-                score = suite_score(suite, by_fmt[f])
+                score, docs = suite_score(suite, by_fmt[f]), per_doc(samples, suite, m, f)
+                lo, hi = bootstrap_recovery(docs, base_docs, suite, seed=sweep.seed)
+                to_wrong, to_right = flips(docs, base_docs, suite)
                 rows.append(
                     {
                         "sweep": sweep.name,
@@ -176,6 +207,10 @@ def recovery_rows(ctx, scores: list[dict]) -> list[dict]:
                         "score": score,
                         "baseline_score": base,
                         "recovery_pct": recovery_pct(score, base),
+                        "recovery_ci_low": lo,
+                        "recovery_ci_high": hi,
+                        "flips_right_to_wrong": to_wrong,
+                        "flips_wrong_to_right": to_right,
                         "n_tasks": len(suite.tasks),
                     }
                 )
@@ -183,18 +218,29 @@ def recovery_rows(ctx, scores: list[dict]) -> list[dict]:
 
 
 def run_stage(ctx) -> None:
-    """Evaluate every checkpoint on every suite; fill eval_scores, eval_samples and recovery."""
+    """Evaluate every checkpoint on every suite; fill eval_scores, eval_samples, recovery, similarity."""
     scores: list[dict] = []
     samples: list[dict] = []
+    similarity: list[dict] = []
     for m in ctx.sweep.models:
+        gens: dict[str, list[str]] = {}
         for f in ctx.sweep.formats:
             ctx.console.log(
                 f"evaluate: {m} {f} on {', '.join(ctx.sweep.eval.suites)} "
                 f"with {ctx.sweep.eval.actors} vLLM actor(s)"
             )
-            sc, sa = _evaluate_checkpoint(ctx, m, f)
+            sc, sa, gens[f] = _evaluate_checkpoint(ctx, m, f)
             scores += sc
             samples += sa
+        if ctx.sweep.eval.similarity.enabled:
+            from cluster.similarity import similarity_prompts, similarity_rows
+
+            prompts = similarity_prompts(ctx.sweep.eval.similarity, ctx.models[m].include_path)
+            ctx.console.log(
+                f"similarity: {m}: {len(prompts)} greedy answers per format vs {ctx.sweep.baseline}"
+            )
+            similarity += similarity_rows(ctx.sweep, m, prompts, gens)
     ctx.results["eval_scores"] = scores
     ctx.results["eval_samples"] = samples
-    ctx.results["recovery"] = recovery_rows(ctx, scores)
+    ctx.results["recovery"] = recovery_rows(ctx, scores, samples)
+    ctx.results["similarity"] = similarity

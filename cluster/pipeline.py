@@ -21,7 +21,7 @@ from cluster.plan import plan
 
 STAGE_DATASETS = {
     "quantize": ("quantized",),
-    "evaluate": ("eval_scores", "eval_samples", "recovery"),
+    "evaluate": ("eval_scores", "eval_samples", "recovery", "similarity"),
     "serve": ("perf", "requests"),
     "tune": ("trials",),
 }

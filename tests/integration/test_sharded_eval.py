@@ -7,11 +7,9 @@ import os
 import pytest
 
 from cluster.evalpool import (
-    CPU_ENGINE_ENV,
     EngineSpec,
     ShardedLM,
     evaluate_suite,
-    reference_evaluate,
     start_pool,
     stop_pool,
 )
@@ -21,22 +19,17 @@ TASKS = ["qs_tiny_mc", "qs_tiny_gen"]
 
 
 @pytest.fixture(scope="module")
-def both(tiny, ray_local):
+def both(tiny, ray_local, tiny_reference):
     """(sharded over 2 actors, unsharded lm-eval) results for the tiny bf16 model."""
-    ray = ray_local
-    spec = EngineSpec(model_path=str(tiny.model_dir))
-    env = {**CPU_ENGINE_ENV, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    ref_fn = ray.remote(num_cpus=1, max_calls=1)(reference_evaluate).options(runtime_env={"env_vars": env})
-    reference = ray.get(ref_fn.remote(spec, TASKS, str(tiny.tasks_dir), None, 1234))
-    actors = start_pool(spec, 2, 1, 0)
+    actors = start_pool(EngineSpec(model_path=str(tiny.model_dir)), 2, 1, 0)
     try:
-        pids = ray.get([a.pid.remote() for a in actors])
+        pids = ray_local.get([a.pid.remote() for a in actors])
         sharded = evaluate_suite(
             ShardedLM(actors), [(t, None) for t in TASKS], str(tiny.tasks_dir), None, False, False, 1234
         )
     finally:
         stop_pool(actors)
-    return sharded, reference, pids
+    return sharded, tiny_reference, pids
 
 
 def test_two_distinct_actor_processes(both):
