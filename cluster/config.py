@@ -20,6 +20,7 @@ CALIBRATION_SOURCES = ("none", "random", "instruct")
 CAPABILITIES = ("bf16", "fp8", "int8", "int4")
 BUILDERS = ("tiny-llama",)
 SEARCHES = ("grid", "random")
+TASK_KINDS = ("lm_eval", "humaneval")
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TaskSpec:
     """One lm-eval task as the study ran it."""
 
     name: str = MISSING
+    kind: str = "lm_eval"  # lm_eval (a task lm-eval knows) | humaneval (generated code, run in a sandbox)
     num_fewshot: int | None = None
     metric: str = "acc"
     random_baseline: float = 0.0  # Leaderboard V2 normalisation: subtracted, then rescaled

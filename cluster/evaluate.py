@@ -112,8 +112,35 @@ def _sample_rows(ctx, m: str, f: str, suite: SuiteConfig, out: dict) -> list[dic
     return rows
 
 
+def _run_suite(ctx, lm, suite: SuiteConfig, model) -> dict:
+    """lm-eval for its tasks, the sandboxed HumanEval path for `kind: humaneval` ones; merged."""
+    from cluster.evalpool import evaluate_suite
+
+    ev = ctx.sweep.eval
+    out: dict[str, Any] = {"results": {}, "samples": {}, "n-samples": {}}
+    lm_tasks = [(t.name, t.num_fewshot) for t in suite.tasks if t.kind == "lm_eval"]
+    if lm_tasks:
+        out = evaluate_suite(
+            lm,
+            lm_tasks,
+            _include_path(suite, model),
+            ev.limit,
+            ev.apply_chat_template,
+            ev.fewshot_as_multiturn,
+            ev.seed,
+        )
+    for t in suite.tasks:
+        if t.kind == "humaneval":
+            from cluster.humaneval import evaluate_task
+
+            part = evaluate_task(lm, t.name, ev.limit)
+            for key in ("results", "samples", "n-samples"):
+                out[key].update(part[key])
+    return out
+
+
 def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict], list[str]]:
-    from cluster.evalpool import EngineSpec, ShardedLM, evaluate_suite, start_actor, start_pool, stop_pool
+    from cluster.evalpool import EngineSpec, ShardedLM, start_actor, start_pool, stop_pool
 
     ev, model = ctx.sweep.eval, ctx.models[m]
     tp = 1 if ctx.cpu_only else model.config.gpus.get(f, 1)
@@ -133,16 +160,7 @@ def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict], l
     try:
         for s in ev.suites:
             suite = ctx.catalog.suites[s]
-            tasks = [(t.name, t.num_fewshot) for t in suite.tasks]
-            out = evaluate_suite(
-                lm,
-                tasks,
-                _include_path(suite, model),
-                ev.limit,
-                ev.apply_chat_template,
-                ev.fewshot_as_multiturn,
-                ev.seed,
-            )
+            out = _run_suite(ctx, lm, suite, model)
             scores += _score_rows(ctx, m, f, suite, out, engine_args)
             samples += _sample_rows(ctx, m, f, suite, out)
         gens = _generations(ctx, lm, m)

@@ -98,3 +98,41 @@ def score_completions(
         passed[task_id] += int(r.passed)
     value = sum(pass_at_k(n, passed[t], k) for t, n in per_task.items()) / len(per_task)
     return HumanEvalScore(k=k, pass_at_k=value, n_tasks=len(per_task), samples=tuple(results))
+
+
+# --- as a suite task: generate through the evaluation pool, score in the sandbox ----------------
+
+STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
+
+
+def evaluate_task(lm, name: str, limit: int | None, max_tokens: int = 512) -> dict:
+    """Greedy completions for (the first `limit`) HumanEval problems, pass@1 in lm-eval's result shape."""
+    import hashlib
+
+    from lm_eval.api.instance import Instance
+
+    problems = load_problems()
+    ids = list(problems)[: limit or None]
+    kwargs = {"until": STOP, "max_gen_toks": max_tokens, "do_sample": False, "temperature": 0.0}
+    reqs = [
+        Instance(
+            request_type="generate_until", doc={}, arguments=(problems[t]["prompt"], dict(kwargs)), idx=0
+        )
+        for t in ids
+    ]
+    completions = list(lm.generate_until(reqs))
+    score = score_completions(problems, zip(ids, completions, strict=True))
+    samples = [
+        {
+            "doc_id": i,
+            "prompt_hash": hashlib.sha256(problems[t]["prompt"].encode()).hexdigest(),
+            "target": problems[t]["entry_point"],
+            "filtered_resps": [c],
+            "metrics": ["pass@1"],
+            "pass@1": float(r.passed),
+            "status": r.status,
+        }
+        for i, (t, c, r) in enumerate(zip(ids, completions, score.samples, strict=True))
+    ]
+    results = {name: {"alias": name, "pass@1,none": score.pass_at_k, "pass@1_stderr,none": None}}
+    return {"results": results, "samples": {name: samples}, "n-samples": {name: {"effective": len(ids)}}}

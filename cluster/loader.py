@@ -134,6 +134,11 @@ def load_catalog(conf_dir: Path | str | None = None) -> Catalog:
         check_format(fmt, f"{root / 'formats' / fmt.name}.yaml")
     for model in catalog.models.values():
         check_model(model, f"{root / 'models' / model.name}.yaml", catalog)
+    for suite in catalog.suites.values():
+        for task in suite.tasks:
+            _check_choice(
+                task.kind, C.TASK_KINDS, f"{root / 'suites' / suite.name}.yaml", f"task {task.name}: kind"
+            )
     for hw in catalog.hardware.values():
         _check_choice(
             hw.capabilities, C.CAPABILITIES, f"{root / 'hardware.yaml'} [{hw.name}]", "capabilities"

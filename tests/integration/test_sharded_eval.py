@@ -24,9 +24,13 @@ def both(tiny, ray_local, tiny_reference):
     actors = start_pool(EngineSpec(model_path=str(tiny.model_dir)), 2, 1, 0)
     try:
         pids = ray_local.get([a.pid.remote() for a in actors])
+        lm = ShardedLM(actors)
         sharded = evaluate_suite(
-            ShardedLM(actors), [(t, None) for t in TASKS], str(tiny.tasks_dir), None, False, False, 1234
+            lm, [(t, None) for t in TASKS], str(tiny.tasks_dir), None, False, False, 1234
         )
+        from cluster.humaneval import evaluate_task
+
+        sharded["humaneval"] = evaluate_task(lm, "humaneval", limit=3, max_tokens=64)
     finally:
         stop_pool(actors)
     return sharded, tiny_reference, pids
@@ -58,3 +62,13 @@ def test_generation_task_really_generated(both):
     sharded, _, _ = both
     responses = [s["resps"][0][0] for s in sharded["samples"]["qs_tiny_gen"]]
     assert all(isinstance(r, str) for r in responses) and any(r for r in responses)
+
+
+def test_humaneval_path_generates_with_the_pool_and_scores_in_the_sandbox(both):
+    sharded, _, _ = both
+    out = sharded["humaneval"]
+    samples = out["samples"]["humaneval"]
+    assert [s["doc_id"] for s in samples] == [0, 1, 2]
+    assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
+    assert all(s["status"] in ("passed", "failed", "timeout", "blocked") for s in samples)
+    assert out["results"]["humaneval"]["pass@1,none"] == sum(s["pass@1"] for s in samples) / 3
