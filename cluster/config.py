@@ -96,6 +96,9 @@ class SuiteConfig:
     description: str = ""
     include_path: str | None = None  # extra lm-eval task dir; "builtin" = the tiny model's tasks
     normalize: bool = False
+    # passed to lm-eval's TaskManager and evaluator (e.g. RULER's max_seq_lengths); quantsweep adds
+    # `pretrained` (the checkpoint) for tasks that size their data with the model's tokenizer
+    metadata: dict[str, Any] = field(default_factory=dict)
     tasks: list[TaskSpec] = field(default_factory=list)
 
 

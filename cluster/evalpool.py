@@ -231,11 +231,11 @@ def stop_pool(actors: list[Any]) -> None:
         ray.kill(actor)
 
 
-def task_manager(include_path: str | None):
+def task_manager(include_path: str | None, metadata: dict[str, Any] | None = None):
     """lm-eval's TaskManager, with the local task directory when the suite has one."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path) if include_path else TaskManager()
+    return TaskManager(include_path=include_path, metadata=metadata or None)
 
 
 def evaluate_suite(
@@ -246,6 +246,7 @@ def evaluate_suite(
     apply_chat_template: bool,
     fewshot_as_multiturn: bool,
     seed: int,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval on (task, num_fewshot) pairs; one evaluator call per shot count.
 
@@ -253,7 +254,7 @@ def evaluate_suite(
     """
     import lm_eval
 
-    manager = task_manager(include_path)
+    manager = task_manager(include_path, metadata)
     merged: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}, "configs": {}}
     for shots in sorted({s for _, s in tasks}, key=lambda s: -1 if s is None else s):
         names = [t for t, s in tasks if s == shots]
@@ -270,6 +271,7 @@ def evaluate_suite(
             torch_random_seed=seed,
             fewshot_random_seed=seed,
             log_samples=True,
+            metadata=metadata,
         )
         for key in merged:
             merged[key].update(out.get(key, {}))

@@ -112,7 +112,7 @@ def _sample_rows(ctx, m: str, f: str, suite: SuiteConfig, out: dict) -> list[dic
     return rows
 
 
-def _run_suite(ctx, lm, suite: SuiteConfig, model) -> dict:
+def _run_suite(ctx, lm, suite: SuiteConfig, model, lm_path: str) -> dict:
     """lm-eval for its tasks, the sandboxed HumanEval path for `kind: humaneval` ones; merged."""
     from cluster.evalpool import evaluate_suite
 
@@ -120,6 +120,7 @@ def _run_suite(ctx, lm, suite: SuiteConfig, model) -> dict:
     out: dict[str, Any] = {"results": {}, "samples": {}, "n-samples": {}}
     lm_tasks = [(t.name, t.num_fewshot) for t in suite.tasks if t.kind == "lm_eval"]
     if lm_tasks:
+        metadata = {**suite.metadata, "pretrained": lm_path} if suite.metadata else None
         out = evaluate_suite(
             lm,
             lm_tasks,
@@ -128,6 +129,7 @@ def _run_suite(ctx, lm, suite: SuiteConfig, model) -> dict:
             ev.apply_chat_template,
             ev.fewshot_as_multiturn,
             ev.seed,
+            metadata,
         )
     for t in suite.tasks:
         if t.kind == "humaneval":
@@ -137,6 +139,31 @@ def _run_suite(ctx, lm, suite: SuiteConfig, model) -> dict:
             for key in ("results", "samples", "n-samples"):
                 out[key].update(part[key])
     return out
+
+
+def _write_results_json(ctx, m: str, f: str, suite: str, out: dict, spec) -> None:
+    """lm-eval's results JSON layout, for people who know that format."""
+    path = ctx.root / "results" / ctx.sweep.name / m / f / f"{suite}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ev = ctx.sweep.eval
+    config = {
+        "model": "quantsweep-ray-vllm",
+        "model_args": spec.model_args(),
+        "pretrained": spec.model_path,
+        "actors": ev.actors,
+        "limit": ev.limit,
+        "apply_chat_template": ev.apply_chat_template,
+        "fewshot_as_multiturn": ev.fewshot_as_multiturn,
+        "random_seed": ev.seed,
+    }
+    body = {
+        "results": out["results"],
+        "n-samples": out.get("n-samples", {}),
+        "configs": out.get("configs", {}),
+        "config": config,
+        "quantsweep": {"run_id": ctx.prov.run_id, "git_sha": ctx.prov.git_sha},
+    }
+    path.write_text(json.dumps(body, indent=2, default=str))
 
 
 def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict], list[str]]:
@@ -160,7 +187,8 @@ def _evaluate_checkpoint(ctx, m: str, f: str) -> tuple[list[dict], list[dict], l
     try:
         for s in ev.suites:
             suite = ctx.catalog.suites[s]
-            out = _run_suite(ctx, lm, suite, model)
+            out = _run_suite(ctx, lm, suite, model, spec.model_path)
+            _write_results_json(ctx, m, f, suite.name, out, spec)
             scores += _score_rows(ctx, m, f, suite, out, engine_args)
             samples += _sample_rows(ctx, m, f, suite, out)
         gens = _generations(ctx, lm, m)

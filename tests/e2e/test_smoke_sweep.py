@@ -120,3 +120,11 @@ def test_recovery_carries_a_bootstrap_interval_and_flips(smoke):
     assert rec["bf16"]["flips_right_to_wrong"] == rec["bf16"]["flips_wrong_to_right"] == 0
     for r in rec.values():
         assert r["recovery_ci_low"] <= r["recovery_pct"] <= r["recovery_ci_high"]
+
+
+def test_lm_eval_results_json_written_per_checkpoint(smoke):
+    out, _ = smoke
+    files = sorted((out / "results" / "smoke" / "tiny-llama").glob("*/tiny.json"))
+    assert {p.parent.name for p in files} == FORMATS
+    body = json.loads(files[0].read_text())
+    assert set(body["results"]) == {"qs_tiny_mc", "qs_tiny_gen"} and body["config"]["actors"] == 2
