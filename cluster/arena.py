@@ -94,10 +94,7 @@ def load_prompts(path_or_hub: str, limit: int | None) -> list[dict]:
 def parse_verdict(text: str) -> str:
     """The last `[[X>Y]]`-style label in a judgment, normalised to `LABELS`, else "error"."""
     found = _VERDICT.findall(text or "")
-    if not found:
-        return ERROR
-    label = re.sub(r"\s+", "", found[-1])
-    label = {"B=A": "A=B", "A<B": "B>A", "B<A": "A>B"}.get(label, label)
+    label = re.sub(r"\s+", "", found[-1]).replace("B=A", "A=B") if found else ERROR
     return label if label in LABELS else ERROR
 
 
@@ -108,11 +105,6 @@ def make_client(cfg: JudgeConfig) -> httpx.Client:
     return httpx.Client(headers=headers, timeout=cfg.timeout_s)
 
 
-def _endpoint(base_url: str) -> str:
-    base = base_url.rstrip("/")
-    return f"{base if base.endswith('/v1') else base + '/v1'}/chat/completions"
-
-
 def judge_pair(client: httpx.Client, cfg: JudgeConfig, question: str, answer_a: str, answer_b: str) -> str:
     """One pairwise judgment: the parsed label, or "error" for a failed call or no verdict."""
     body = {
@@ -121,11 +113,15 @@ def judge_pair(client: httpx.Client, cfg: JudgeConfig, question: str, answer_a: 
         "max_tokens": cfg.max_tokens,
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": USER_TEMPLATE.format(question=question, answer_a=answer_a, answer_b=answer_b)},
+            {
+                "role": "user",
+                "content": USER_TEMPLATE.format(question=question, answer_a=answer_a, answer_b=answer_b),
+            },
         ],
     }
+    url = cfg.base_url.rstrip("/").removesuffix("/v1") + "/v1/chat/completions"
     try:
-        resp = client.post(_endpoint(cfg.base_url), json=body)
+        resp = client.post(url, json=body)
     except httpx.HTTPError:
         return ERROR  # timeouts and dropped connections are counted, not fatal
     if resp.status_code in (401, 403, 404):
@@ -262,4 +258,5 @@ def evaluate_task(
         "judged": judged,
         "judge_model": cfg.model if judged else None,
     }
-    return {"results": {name: result}, "samples": {name: samples}, "n-samples": {name: {"effective": len(prompts)}}}
+    n_samples = {name: {"effective": len(prompts)}}
+    return {"results": {name: result}, "samples": {name: samples}, "n-samples": n_samples}

@@ -21,6 +21,7 @@ CAPABILITIES = ("bf16", "fp8", "int8", "int4")
 BUILDERS = ("tiny-llama",)
 SEARCHES = ("grid", "random")
 TASK_KINDS = ("lm_eval", "humaneval")
+LOAD_PROFILES = ("poisson", "sweep")
 
 
 @dataclass
@@ -185,6 +186,9 @@ class ServeStage:
     use_cases: list[str] = field(default_factory=list)
     token_scale: float = 1.0  # multiplies the use-case token counts (CPU demo scales them down)
     sync_requests: int = 8
+    profile: str = "poisson"  # poisson (one rate: async_rate) | sweep (sync rate -> peak, spaced)
+    sweep_points: int = 4
+    error_budget: float = 0.05  # a sweep stops past this error rate
     async_rate: float = 2.0  # requests/s offered, Poisson arrivals
     async_duration_s: float = 20.0
     async_max_requests: int = 64

@@ -269,6 +269,7 @@ def _check_stages(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     if sweep.serve.enabled:
         _known(sweep.serve.use_cases, catalog.use_cases, source, "serve.use_cases")
         _known(sweep.serve.hardware, catalog.hardware, source, "serve.hardware")
+        _check_choice(sweep.serve.profile, C.LOAD_PROFILES, source, "serve.profile")
         if sweep.serve.token_scale <= 0:
             raise ConfigError(f"{source}: serve.token_scale must be positive")
         if sweep.serve.host not in ("127.0.0.1", "localhost", "::1") and not sweep.serve.api_key:

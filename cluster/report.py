@@ -86,7 +86,8 @@ def perf_table(rows: list[dict]) -> Table:
             _num(r["mean_e2el_ms"], "{:.0f}"),
             _num(r["request_throughput"]),
             _num(r["queries_per_dollar"], "{:.0f}"),
-            r["skip_reason"],
+            r["skip_reason"]
+            or ("CLIENT-BOUND: offered load near the generator's capacity" if r["client_bound"] else ""),
         )
     return t
 

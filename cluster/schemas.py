@@ -130,6 +130,8 @@ PERF = _schema(
     pa.field("mean_e2el_ms", _F64),
     pa.field("p99_e2el_ms", _F64),
     pa.field("queries_per_dollar", _F64),
+    pa.field("loadgen_capacity_rps", _F64),
+    pa.field("client_bound", pa.bool_(), nullable=False),
     pa.field("engine_args", pa.string(), nullable=False),
 )
 
