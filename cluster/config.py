@@ -20,7 +20,7 @@ CALIBRATION_SOURCES = ("none", "random", "instruct")
 CAPABILITIES = ("bf16", "fp8", "int8", "int4")
 BUILDERS = ("tiny-llama",)
 SEARCHES = ("grid", "random")
-TASK_KINDS = ("lm_eval", "humaneval")
+TASK_KINDS = ("lm_eval", "humaneval", "arena")
 LOAD_PROFILES = ("poisson", "sweep")
 
 
@@ -83,7 +83,9 @@ class TaskSpec:
     """One lm-eval task as the study ran it."""
 
     name: str = MISSING
-    kind: str = "lm_eval"  # lm_eval (a task lm-eval knows) | humaneval (generated code, run in a sandbox)
+    kind: str = "lm_eval"  # lm_eval | humaneval (code run in a sandbox) | arena (answers judged vs baseline)
+    prompts: str | None = None  # arena: a local jsonl (question_id, prompt) or a hub dataset id
+    max_gen_toks: int = 512
     num_fewshot: int | None = None
     metric: str = "acc"
     random_baseline: float = 0.0  # Leaderboard V2 normalisation: subtracted, then rescaled
@@ -161,6 +163,17 @@ class SimilarityStage:
 
 
 @dataclass
+class JudgeStage:
+    """An OpenAI-compatible judge endpoint for Arena-Hard-style tasks (key from an env var, never config)."""
+
+    base_url: str | None = None
+    model: str = "gpt-4-1106-preview"
+    api_key_env: str = "QS_JUDGE_API_KEY"
+    runs: int = 2
+    concurrency: int = 4
+
+
+@dataclass
 class EvalStage:
     """How lm-eval runs: which suites, how many actors, and the knobs that swing scores."""
 
@@ -175,6 +188,7 @@ class EvalStage:
     batch_size: str = "auto"
     seed: int = 1234
     similarity: SimilarityStage = field(default_factory=SimilarityStage)
+    judge: JudgeStage = field(default_factory=JudgeStage)
 
 
 @dataclass

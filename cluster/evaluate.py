@@ -132,12 +132,33 @@ def _run_suite(ctx, lm, suite: SuiteConfig, model, lm_path: str) -> dict:
             metadata,
         )
     for t in suite.tasks:
-        if t.kind == "humaneval":
-            from cluster.humaneval import evaluate_task
+        if t.kind == "lm_eval":
+            continue
+        part = _humaneval(lm, t, ev.limit) if t.kind == "humaneval" else _arena(ctx, lm, t, model.config.name)
+        for key in ("results", "samples", "n-samples"):
+            out[key].update(part[key])
+    return out
 
-            part = evaluate_task(lm, t.name, ev.limit)
-            for key in ("results", "samples", "n-samples"):
-                out[key].update(part[key])
+
+def _humaneval(lm, t, limit: int | None) -> dict:
+    from cluster.humaneval import evaluate_task
+
+    return evaluate_task(lm, t.name, limit, t.max_gen_toks)
+
+
+def _arena(ctx, lm, t, model: str) -> dict:
+    """Arena-Hard-style: the baseline's answers are kept and every other format is judged against them."""
+    from cluster.arena import JudgeConfig, answers_from_samples, evaluate_task, load_prompts
+
+    j = ctx.sweep.eval.judge
+    cfg = JudgeConfig(
+        base_url=j.base_url, model=j.model, api_key_env=j.api_key_env, runs=j.runs, concurrency=j.concurrency
+    )
+    prompts = load_prompts(t.prompts, ctx.sweep.eval.limit)
+    key = ("arena", model, t.name)
+    out = evaluate_task(lm, t.name, prompts, ctx.cache.get(key), cfg, t.max_gen_toks)
+    if key not in ctx.cache:
+        ctx.cache[key] = answers_from_samples(out["samples"][t.name])
     return out
 
 
@@ -268,9 +289,11 @@ def run_stage(ctx) -> None:
     scores: list[dict] = []
     samples: list[dict] = []
     similarity: list[dict] = []
+    # the baseline first: judged tasks compare every other format with its answers
+    formats = [ctx.sweep.baseline] + [f for f in ctx.sweep.formats if f != ctx.sweep.baseline]
     for m in ctx.sweep.models:
         gens: dict[str, list[str]] = {}
-        for f in ctx.sweep.formats:
+        for f in formats:
             ctx.console.log(
                 f"evaluate: {m} {f} on {', '.join(ctx.sweep.eval.suites)} "
                 f"with {ctx.sweep.eval.actors} vLLM actor(s)"

@@ -264,6 +264,11 @@ def _check_stages(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     """Stage-level checks: suites, use cases, hardware, tuning space, serving safety."""
     if sweep.eval.enabled:
         _known(sweep.eval.suites, catalog.suites, source, "eval.suites")
+        kinds = {t.kind for s in sweep.eval.suites for t in catalog.suites[s].tasks}
+        if "arena" in kinds and not sweep.eval.judge.base_url:
+            raise ConfigError(
+                f"{source}: eval.judge.base_url is required for the arena task(s) in eval.suites"
+            )
         if sweep.eval.actors < 1:
             raise ConfigError(f"{source}: eval.actors must be >= 1, got {sweep.eval.actors}")
     if sweep.serve.enabled:
