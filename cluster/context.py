@@ -60,6 +60,7 @@ class RunContext:
     checkpoints: dict[tuple[str, str], Checkpoint] = field(default_factory=dict)
     cpu_only: bool = True
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    cache: dict[tuple, Any] = field(default_factory=dict)  # values later stages reuse (baseline answers)
 
 
 def resolve_models(sweep: SweepConfig, catalog: Catalog, root: Path) -> dict[str, ResolvedModel]:

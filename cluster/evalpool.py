@@ -10,6 +10,8 @@ not use lm-eval's own Ray data parallelism: it calls `ray.shutdown()` when done 
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,22 +105,73 @@ def balanced_shards(args: list[tuple], n: int) -> list[list[int]]:
 
 
 class ShardedLM(LM):
-    """An lm-eval LM that fans requests out to a pool of EvalActors."""
+    """An lm-eval LM that fans requests out to a pool of EvalActors, exactly once, surviving deaths.
 
-    def __init__(self, actors: list[Any]) -> None:
+    Requests are cut into length-balanced chunks (`chunks_per_actor` per actor) and handed out as a
+    work queue. When an actor dies, the chunk it was running goes back on the queue and, if a
+    `replace` factory is given, a fresh actor takes the dead one's place; chunks already finished
+    are kept. Every request index receives exactly one result, or the call fails loudly.
+    """
+
+    def __init__(
+        self,
+        actors: list[Any],
+        replace: Callable[[int], Any] | None = None,
+        chunks_per_actor: int = 4,
+        max_failures: int = 3,
+    ) -> None:
         super().__init__()
-        self.actors = actors
+        self.actors: list[Any] = list(actors)
+        self.replace = replace
+        self.chunks_per_actor = chunks_per_actor
+        self.max_failures = max_failures
+        self.failures = 0
+        self.chunks_done = 0
+
+    def _on_death(self, slot: int, idle: list[int]) -> None:
+        """Count a dead actor and put a replacement (if any) back to work."""
+        from cluster.errors import StageError
+
+        self.failures += 1
+        if self.failures > self.max_failures:
+            raise StageError(f"{self.failures} evaluation actors died; giving up")
+        if self.replace is not None:
+            self.actors[slot] = self.replace(slot)
+            idle.append(slot)
+        elif not idle:
+            raise StageError("every evaluation actor died")
 
     def _dispatch(self, method: str, requests: list) -> list[Any]:
         import ray
+        from ray.exceptions import RayActorError
 
         args = [r.args for r in requests]
-        shards = [s for s in balanced_shards(args, len(self.actors)) if s]
-        refs = [self.actors[k].run.remote(method, [args[i] for i in shard]) for k, shard in enumerate(shards)]
+        chunks = [c for c in balanced_shards(args, len(self.actors) * self.chunks_per_actor) if c]
+        queue, idle = deque(range(len(chunks))), list(range(len(self.actors)))
+        running: dict[Any, tuple[int, int]] = {}
         out: list[Any] = [None] * len(requests)
-        for shard, results in zip(shards, ray.get(refs), strict=True):
-            for i, res in zip(shard, results, strict=True):
-                out[i] = res
+        filled = [False] * len(requests)
+        while queue or running:
+            while queue and idle:
+                slot, chunk = idle.pop(0), queue.popleft()
+                running[self.actors[slot].run.remote(method, [args[i] for i in chunks[chunk]])] = (
+                    slot,
+                    chunk,
+                )
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            slot, chunk = running.pop(ref)
+            try:
+                results = ray.get(ref)
+            except RayActorError:
+                queue.appendleft(chunk)
+                self._on_death(slot, idle)
+                continue
+            for i, res in zip(chunks[chunk], results, strict=True):
+                assert not filled[i], f"request {i} answered twice"
+                out[i], filled[i] = res, True
+            self.chunks_done += 1
+            idle.append(slot)
+        assert all(filled), "a request was never answered"
         return out
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
@@ -146,25 +199,26 @@ class ShardedLM(LM):
         return self._first("chat_template", chat_template)
 
 
+def start_actor(spec: EngineSpec, slot: int, cpus: float, gpus: float) -> Any:
+    """One EvalActor; on CPU each slot's engine is bound to its own core."""
+    import ray
+
+    env = {}
+    if gpus == 0:
+        env = {
+            **CPU_ENGINE_ENV,
+            "VLLM_CPU_OMP_THREADS_BIND": str(slot % (os.cpu_count() or 1)),
+            "VLLM_CPU_KVCACHE_SPACE": str(spec.cpu_kv_cache_gib),
+        }
+    cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(EvalActor)
+    return cls.options(runtime_env={"env_vars": env}).remote(spec)
+
+
 def start_pool(spec: EngineSpec, n: int, cpus_per_actor: float, gpus_per_actor: float) -> list[Any]:
     """Start n EvalActors and wait until each engine is up."""
     import ray
 
-    cpu_only = gpus_per_actor == 0
-    ncores = os.cpu_count() or 1
-    actors: list[Any] = []
-    for i in range(n):
-        env = (
-            {
-                **CPU_ENGINE_ENV,
-                "VLLM_CPU_OMP_THREADS_BIND": str(i % ncores),
-                "VLLM_CPU_KVCACHE_SPACE": str(spec.cpu_kv_cache_gib),
-            }
-            if cpu_only
-            else {}
-        )
-        cls = ray.remote(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)(EvalActor)
-        actors.append(cls.options(runtime_env={"env_vars": env}).remote(spec))
+    actors = [start_actor(spec, i, cpus_per_actor, gpus_per_actor) for i in range(n)]
     ray.get([a.pid.remote() for a in actors])
     return actors
 
@@ -177,11 +231,11 @@ def stop_pool(actors: list[Any]) -> None:
         ray.kill(actor)
 
 
-def task_manager(include_path: str | None):
+def task_manager(include_path: str | None, metadata: dict[str, Any] | None = None):
     """lm-eval's TaskManager, with the local task directory when the suite has one."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path) if include_path else TaskManager()
+    return TaskManager(include_path=include_path, metadata=metadata or None)
 
 
 def evaluate_suite(
@@ -192,6 +246,7 @@ def evaluate_suite(
     apply_chat_template: bool,
     fewshot_as_multiturn: bool,
     seed: int,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval on (task, num_fewshot) pairs; one evaluator call per shot count.
 
@@ -199,7 +254,7 @@ def evaluate_suite(
     """
     import lm_eval
 
-    manager = task_manager(include_path)
+    manager = task_manager(include_path, metadata)
     merged: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}, "configs": {}}
     for shots in sorted({s for _, s in tasks}, key=lambda s: -1 if s is None else s):
         names = [t for t, s in tasks if s == shots]
@@ -216,6 +271,7 @@ def evaluate_suite(
             torch_random_seed=seed,
             fewshot_random_seed=seed,
             log_samples=True,
+            metadata=metadata,
         )
         for key in merged:
             merged[key].update(out.get(key, {}))

@@ -134,6 +134,11 @@ def load_catalog(conf_dir: Path | str | None = None) -> Catalog:
         check_format(fmt, f"{root / 'formats' / fmt.name}.yaml")
     for model in catalog.models.values():
         check_model(model, f"{root / 'models' / model.name}.yaml", catalog)
+    for suite in catalog.suites.values():
+        for task in suite.tasks:
+            _check_choice(
+                task.kind, C.TASK_KINDS, f"{root / 'suites' / suite.name}.yaml", f"task {task.name}: kind"
+            )
     for hw in catalog.hardware.values():
         _check_choice(
             hw.capabilities, C.CAPABILITIES, f"{root / 'hardware.yaml'} [{hw.name}]", "capabilities"
@@ -259,11 +264,17 @@ def _check_stages(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     """Stage-level checks: suites, use cases, hardware, tuning space, serving safety."""
     if sweep.eval.enabled:
         _known(sweep.eval.suites, catalog.suites, source, "eval.suites")
+        kinds = {t.kind for s in sweep.eval.suites for t in catalog.suites[s].tasks}
+        if "arena" in kinds and not sweep.eval.judge.base_url:
+            raise ConfigError(
+                f"{source}: eval.judge.base_url is required for the arena task(s) in eval.suites"
+            )
         if sweep.eval.actors < 1:
             raise ConfigError(f"{source}: eval.actors must be >= 1, got {sweep.eval.actors}")
     if sweep.serve.enabled:
         _known(sweep.serve.use_cases, catalog.use_cases, source, "serve.use_cases")
         _known(sweep.serve.hardware, catalog.hardware, source, "serve.hardware")
+        _check_choice(sweep.serve.profile, C.LOAD_PROFILES, source, "serve.profile")
         if sweep.serve.token_scale <= 0:
             raise ConfigError(f"{source}: serve.token_scale must be positive")
         if sweep.serve.host not in ("127.0.0.1", "localhost", "::1") and not sweep.serve.api_key:

@@ -17,6 +17,7 @@ from typing import Any
 from cluster.config import HardwareConfig, UseCaseConfig
 from cluster.plan import device_count, serve_skip_reason
 from serve import cost, loadgen, metrics
+from serve.sweep import SweepPlan, client_bound, client_capacity, run_sweep
 
 
 def measurable_here(hw: HardwareConfig, cpu_only: bool) -> str:
@@ -36,32 +37,44 @@ def scaled(uc: UseCaseConfig, scale: float) -> tuple[int, int]:
     return max(1, round(uc.prompt_tokens * scale)), max(1, round(uc.output_tokens * scale))
 
 
-def _perf_row(base: dict, mode: str, summary: dict | None, qpd: float | None, reason: str = "") -> dict:
+PERF_KEYS = (
+    "completed",
+    "failed",
+    "error_rate",
+    "request_throughput",
+    "output_throughput",
+    "mean_ttft_ms",
+    "p99_ttft_ms",
+    "mean_tpot_ms",
+    "mean_tpot_incl_first_ms",
+    "mean_itl_ms",
+    "mean_e2el_ms",
+    "p99_e2el_ms",
+)
+
+
+def _perf_row(
+    base: dict,
+    mode: str,
+    summary: dict | None,
+    qpd: float | None,
+    reason: str = "",
+    target_rate: float | None = None,
+    capacity: float | None = None,
+) -> dict:
     s = summary or {}
-    keys = (
-        "completed",
-        "failed",
-        "error_rate",
-        "request_throughput",
-        "output_throughput",
-        "mean_ttft_ms",
-        "p99_ttft_ms",
-        "mean_tpot_ms",
-        "mean_tpot_incl_first_ms",
-        "mean_itl_ms",
-        "mean_e2el_ms",
-        "p99_e2el_ms",
-    )
-    row = {
+    offered = target_rate if target_rate is not None else s.get("request_throughput") or 0.0
+    return {
         **base,
         "mode": mode,
         "status": "skipped" if reason else "measured",
         "skip_reason": reason,
         "queries_per_dollar": qpd,
-        **{k: s.get(k) for k in keys},
+        "target_rate": target_rate,
+        **{k: s.get(k) for k in PERF_KEYS},
+        "loadgen_capacity_rps": capacity,
+        "client_bound": bool(capacity) and not reason and client_bound(offered, capacity or 0.0),
     }
-    row["target_rate"] = s.get("target_rate") if mode == "async" else None
-    return row
 
 
 def _request_rows(base: dict, mode: str, records: list) -> list[dict]:
@@ -69,10 +82,54 @@ def _request_rows(base: dict, mode: str, records: list) -> list[dict]:
     return [{**{k: base[k] for k in keep}, "mode": mode, **r.to_dict()} for r in records]
 
 
+def _async_runs(
+    ctx, base_url: str, model_id: str, prompts: list, out_tokens: int
+) -> list[tuple[float | None, list]]:
+    """(target rate, records) per asynchronous run: one Poisson rate, or a whole sweep."""
+    sv = ctx.sweep.serve
+    if sv.profile == "sweep":
+        plan = SweepPlan(
+            points=sv.sweep_points,
+            sync_requests=sv.sync_requests,
+            peak_concurrency=sv.engine.max_num_seqs,
+            peak_requests=sv.async_max_requests,
+            duration_s=sv.async_duration_s,
+            max_requests=sv.async_max_requests,
+            error_budget=sv.error_budget,
+            timeout_s=sv.request_timeout_s,
+        )
+        recs = run_sweep(base_url, model_id, prompts, out_tokens, plan, ctx.sweep.seed, sv.api_key)
+        runs: dict[tuple[str, float | None], list] = {}
+        for r in recs:
+            if r.profile != "synchronous" and not r.warmup:
+                runs.setdefault((r.profile, r.target_rate), []).append(r)
+        return [(rate, rs) for (_, rate), rs in runs.items()]
+    recs = loadgen.run_poisson(
+        base_url,
+        model_id,
+        prompts,
+        out_tokens,
+        rate=sv.async_rate,
+        duration_s=sv.async_duration_s,
+        max_requests=sv.async_max_requests,
+        seed=ctx.sweep.seed,
+        api_key=sv.api_key,
+        timeout_s=sv.request_timeout_s,
+    )
+    return [(sv.async_rate, recs)]
+
+
 def _measure(
-    ctx, base_url: str, model_id: str, base: dict, prompts: list, out_tokens: int, price: float
+    ctx,
+    base_url: str,
+    model_id: str,
+    base: dict,
+    prompts: list,
+    out_tokens: int,
+    price: float,
+    capacity: float,
 ) -> tuple[list[dict], list[dict]]:
-    """Run the synchronous and the Poisson test of one cell."""
+    """Run the synchronous and the asynchronous test(s) of one cell; export vllm-bench JSON too."""
     sv = ctx.sweep.serve
     sync = loadgen.run_synchronous(
         base_url,
@@ -87,25 +144,37 @@ def _measure(
     s_sum = metrics.summarize(sync)
     latency_s = (s_sum.get("mean_e2el_ms") or float("nan")) / 1000.0
     s_qpd = cost.queries_per_dollar_sync(latency_s, price) if s_sum.get("completed") else None
-    asyn = loadgen.run_poisson(
-        base_url,
-        model_id,
-        prompts,
-        out_tokens,
-        rate=sv.async_rate,
-        duration_s=sv.async_duration_s,
-        max_requests=sv.async_max_requests,
-        seed=ctx.sweep.seed,
-        api_key=sv.api_key,
-        timeout_s=sv.request_timeout_s,
-    )
-    a_sum = metrics.summarize(asyn)
-    a_sum["target_rate"] = sv.async_rate
-    a_qpd = (
-        cost.queries_per_dollar_async(a_sum["request_throughput"], price) if a_sum.get("completed") else None
-    )
-    perf = [_perf_row(base, "sync", s_sum, s_qpd), _perf_row(base, "async", a_sum, a_qpd)]
-    return perf, _request_rows(base, "sync", sync) + _request_rows(base, "async", asyn)
+    perf = [_perf_row(base, "sync", s_sum, s_qpd, capacity=capacity)]
+    reqs = _request_rows(base, "sync", sync)
+    _export(ctx, base, "sync", None, s_sum, sync)
+    for rate, recs in _async_runs(ctx, base_url, model_id, prompts, out_tokens):
+        a_sum = metrics.summarize(recs)
+        a_qpd = (
+            cost.queries_per_dollar_async(a_sum["request_throughput"], price)
+            if a_sum.get("completed")
+            else None
+        )
+        perf.append(_perf_row(base, "async", a_sum, a_qpd, target_rate=rate, capacity=capacity))
+        reqs += _request_rows(base, "async", recs)
+        _export(ctx, base, "async", rate, a_sum, recs)
+    return perf, reqs
+
+
+def _export(ctx, base: dict, mode: str, rate: float | None, summary: dict, records: list) -> None:
+    """The summary in `vllm bench serve`'s JSON layout, so users can compare with what they know."""
+    import json
+
+    meta = {
+        "backend": "openai",
+        "model_id": f"{base['model']}-{base['format']}",
+        "request_rate": rate,
+        "num_prompts": len([r for r in records if not r.warmup]),
+        "label": f"quantsweep {mode}",
+    }
+    name = f"{base['hardware']}-{base['use_case']}-{mode}" + (f"-{rate:.3g}rps" if rate else "") + ".json"
+    path = ctx.root / "perf" / ctx.sweep.name / base["model"] / base["format"] / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics.to_vllm_bench_json(summary, meta), indent=2, default=str))
 
 
 def _cells(ctx, m: str) -> list[tuple[str, HardwareConfig, str]]:
@@ -146,6 +215,7 @@ def _serve_model(ctx, m: str) -> tuple[list[dict], list[dict]]:
     perf, reqs = [], []
     base_url = app.start(spec) if live else ""
     ctx.console.log(f"serve: {m}: {', '.join(live) or 'nothing'} up at {base_url or '-'}")
+    capacity: dict[int, float] = {}  # output tokens -> this client's own req/s against a null server
     try:
         for f, hw, reason in cells:
             n = device_count(cat.models[m], cat.formats[f], hw)
@@ -175,10 +245,12 @@ def _serve_model(ctx, m: str) -> tuple[list[dict], list[dict]]:
                     perf += [_perf_row(base, mode, None, None, why) for mode in ("sync", "async")]
                     continue
                 ctx.console.log(f"  load test {m} {f} {u} ({pt} -> {ot} tokens) on {hw.name}")
-                n_prompts = sv.sync_requests + sv.async_max_requests + sv.warmup_requests
+                n_prompts = sv.sync_requests + sv.async_max_requests + sv.warmup_requests + 1
                 prompts = loadgen.make_prompts(len(tok), pt, n_prompts, ctx.sweep.seed, tok.all_special_ids)
                 assert price is not None  # serve_skip_reason checked the price table
-                p, r = _measure(ctx, base_url, f"{m}-{f}", base, prompts, ot, price)
+                if ot not in capacity:
+                    capacity[ot] = client_capacity(ot)
+                p, r = _measure(ctx, base_url, f"{m}-{f}", base, prompts, ot, price, capacity[ot])
                 perf += p
                 reqs += r
     finally:

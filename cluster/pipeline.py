@@ -21,7 +21,7 @@ from cluster.plan import plan
 
 STAGE_DATASETS = {
     "quantize": ("quantized",),
-    "evaluate": ("eval_scores", "eval_samples", "recovery"),
+    "evaluate": ("eval_scores", "eval_samples", "recovery", "similarity"),
     "serve": ("perf", "requests"),
     "tune": ("trials",),
 }
@@ -57,8 +57,38 @@ def _stages(sweep: SweepConfig) -> list[tuple[str, Callable]]:
     return [(name, fns[name]) for name in STAGE_DATASETS if enabled[name]]
 
 
+def check_tasks(sweep: SweepConfig, catalog: Catalog) -> None:
+    """Every lm-eval task the sweep names must exist (lm-eval's index, or the tiny model's tasks)."""
+    from cluster.errors import ConfigError
+    from cluster.tinymodel import TASK_NAMES
+
+    suites = set(sweep.eval.suites if sweep.eval.enabled else []) | (
+        {sweep.tune.suite} if sweep.tune.enabled else set()
+    )
+    index: dict[str | None, set[str]] = {}
+    for s in sorted(suites):
+        suite = catalog.suites[s]
+        for task in (t for t in suite.tasks if t.kind == "lm_eval"):
+            if suite.include_path == "builtin":
+                if any(catalog.models[m].builder is None for m in sweep.models):
+                    raise ConfigError(
+                        f"suite '{s}' uses builtin tasks, which only built models (tiny-llama) have"
+                    )
+                known = set(TASK_NAMES)
+            else:
+                if suite.include_path not in index:
+                    from lm_eval.tasks import TaskManager
+
+                    index[suite.include_path] = set(TaskManager(include_path=suite.include_path).all_tasks)
+                known = index[suite.include_path]
+            if task.name not in known:
+                raise ConfigError(f"suite '{s}': unknown lm-eval task '{task.name}'")
+
+
 def run(sweep: SweepConfig, catalog: Catalog, console: Console) -> RunContext:
     """Run every enabled stage and write its datasets; return the context with all rows."""
+    with console.status("checking task names"):
+        check_tasks(sweep, catalog)
     cells = plan(sweep, catalog)
     root = Path(sweep.output_root).resolve()
     root.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,11 @@ def plan_table(cells: Iterable[Cell], title: str) -> Table:
 def recovery_table(rows: list[dict]) -> Table:
     """Suite score and recovery vs the baseline per model x format x suite."""
     t = Table(title="Accuracy recovery (ratio of suite averages vs baseline)")
-    for col in ("model", "suite", "format", "score", "baseline", "recovery %"):
-        t.add_column(col, justify="right" if col in ("score", "baseline", "recovery %") else "left")
+    for col in ("model", "suite", "format", "score", "baseline", "recovery %", "95% CI", "flips -/+"):
+        t.add_column(col, justify="left" if col in ("model", "suite", "format") else "right")
     for r in rows:
+        ci = f"{_num(r['recovery_ci_low'])}-{_num(r['recovery_ci_high'])}"
+        flips = f"{r['flips_right_to_wrong']}/{r['flips_wrong_to_right']}"
         t.add_row(
             r["model"],
             r["suite"],
@@ -45,6 +47,8 @@ def recovery_table(rows: list[dict]) -> Table:
             _num(r["score"]),
             _num(r["baseline_score"]),
             _num(r["recovery_pct"]),
+            ci,
+            flips,
         )
     return t
 
@@ -82,7 +86,8 @@ def perf_table(rows: list[dict]) -> Table:
             _num(r["mean_e2el_ms"], "{:.0f}"),
             _num(r["request_throughput"]),
             _num(r["queries_per_dollar"], "{:.0f}"),
-            r["skip_reason"],
+            r["skip_reason"]
+            or ("CLIENT-BOUND: offered load near the generator's capacity" if r["client_bound"] else ""),
         )
     return t
 
@@ -105,10 +110,27 @@ def trials_table(rows: list[dict]) -> Table:
     return t
 
 
+def similarity_table(rows: list[dict]) -> Table:
+    """Mean similarity of each format's greedy answers to the baseline's."""
+    from cluster.similarity import METRICS
+
+    t = Table(title="Generation similarity vs baseline (mean over prompts, 0-1)")
+    for col in ("model", "format", "prompts", *METRICS):
+        t.add_column(col)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["format"]), []).append(r)
+    for (m, f), rs in groups.items():
+        t.add_row(m, f, str(len(rs)), *(_num(sum(r[k] for r in rs) / len(rs), "{:.3f}") for k in METRICS))
+    return t
+
+
 def print_report(console: Console, results: dict[str, list[dict]]) -> None:
     """Print every table the run has rows for."""
     if results.get("recovery"):
         console.print(recovery_table(results["recovery"]))
+    if results.get("similarity"):
+        console.print(similarity_table(results["similarity"]))
     if results.get("perf"):
         console.print(perf_table(results["perf"]))
     if results.get("trials"):

@@ -80,6 +80,10 @@ RECOVERY = _schema(
     pa.field("score", _F64),
     pa.field("baseline_score", _F64),
     pa.field("recovery_pct", _F64),
+    pa.field("recovery_ci_low", _F64),
+    pa.field("recovery_ci_high", _F64),
+    pa.field("flips_right_to_wrong", pa.int64()),
+    pa.field("flips_wrong_to_right", pa.int64()),
     pa.field("n_tasks", pa.int64(), nullable=False),
 )
 
@@ -126,6 +130,8 @@ PERF = _schema(
     pa.field("mean_e2el_ms", _F64),
     pa.field("p99_e2el_ms", _F64),
     pa.field("queries_per_dollar", _F64),
+    pa.field("loadgen_capacity_rps", _F64),
+    pa.field("client_bound", pa.bool_(), nullable=False),
     pa.field("engine_args", pa.string(), nullable=False),
 )
 
@@ -142,6 +148,21 @@ TRIALS = _schema(
     pa.field("wall_s", _F64),
 )
 
+SIMILARITY = _schema(
+    pa.field("baseline_format", pa.string(), nullable=False),
+    pa.field("prompt_id", pa.int64(), nullable=False),
+    pa.field("prompt_hash", pa.string(), nullable=False),
+    pa.field("reference", pa.string(), nullable=False),
+    pa.field("candidate", pa.string(), nullable=False),
+    pa.field("rouge1", _F64, nullable=False),
+    pa.field("rougeL", _F64, nullable=False),
+    pa.field("bertscore_f1", _F64, nullable=False),
+    pa.field("sts", _F64, nullable=False),
+    pa.field("max_tokens", pa.int64(), nullable=False),
+    pa.field("sts_model", pa.string(), nullable=False),
+    pa.field("bertscore_model", pa.string(), nullable=False),
+)
+
 CATALOG: dict[str, pa.Schema] = {
     "quantized": QUANTIZED,
     "eval_scores": EVAL_SCORES,
@@ -150,4 +171,5 @@ CATALOG: dict[str, pa.Schema] = {
     "requests": REQUESTS,
     "perf": PERF,
     "trials": TRIALS,
+    "similarity": SIMILARITY,
 }

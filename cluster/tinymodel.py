@@ -35,6 +35,7 @@ CHAT_TEMPLATE = (
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
+TASK_NAMES = ("qs_tiny_mc", "qs_tiny_gen")
 WORDS = (
     "alpha bravo cedar delta ember falcon garnet harbor iris juniper kestrel lumen maple nova onyx "
     "pine quartz raven sierra tulip umber violet willow xenon yarrow zephyr river stone cloud light"

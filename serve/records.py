@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PROFILES = ("synchronous", "poisson", "constant", "concurrent")
+PROFILES = ("synchronous", "poisson", "constant", "concurrent")  # a sweep is made of these
 STATUSES = ("ok", "error")
 
 

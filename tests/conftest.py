@@ -48,3 +48,17 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+TINY_TASKS = ["qs_tiny_mc", "qs_tiny_gen"]
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny, ray_local):
+    """Plain, unsharded lm-eval (`model="vllm"`, one engine) on the tiny bf16 model: the yardstick."""
+    from cluster.evalpool import CPU_ENGINE_ENV, EngineSpec, reference_evaluate
+
+    spec = EngineSpec(model_path=str(tiny.model_dir))
+    env = {**CPU_ENGINE_ENV, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    fn = ray_local.remote(num_cpus=1, max_calls=1)(reference_evaluate).options(runtime_env={"env_vars": env})
+    return ray_local.get(fn.remote(spec, TINY_TASKS, str(tiny.tasks_dir), None, 1234))

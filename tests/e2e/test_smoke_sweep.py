@@ -100,3 +100,31 @@ def test_tables_printed_and_provenance_stamped(smoke):
     assert "Accuracy recovery" in stdout and "Serving performance" in stdout
     row = _rows(out, "recovery")[0]
     assert row["git_sha"] and row["config_hash"] and dict(row["versions"])["llmcompressor"] == "0.14.0.1"
+
+
+def test_similarity_of_each_format_to_bf16(smoke):
+    out, stdout = smoke
+    rows = _rows(out, "similarity")
+    assert {r["format"] for r in rows} == FORMATS - {"bf16"}
+    assert all(len([r for r in rows if r["format"] == f]) == 16 for f in FORMATS - {"bf16"})
+    for r in rows:
+        assert all(0.0 <= r[k] <= 1.0 for k in ("rouge1", "rougeL", "bertscore_f1", "sts"))
+        if r["candidate"] == r["reference"]:
+            assert r["rouge1"] == pytest.approx(1.0)
+    assert "Generation similarity" in stdout
+
+
+def test_recovery_carries_a_bootstrap_interval_and_flips(smoke):
+    out, _ = smoke
+    rec = {r["format"]: r for r in _rows(out, "recovery")}
+    assert rec["bf16"]["flips_right_to_wrong"] == rec["bf16"]["flips_wrong_to_right"] == 0
+    for r in rec.values():
+        assert r["recovery_ci_low"] <= r["recovery_pct"] <= r["recovery_ci_high"]
+
+
+def test_lm_eval_results_json_written_per_checkpoint(smoke):
+    out, _ = smoke
+    files = sorted((out / "results" / "smoke" / "tiny-llama").glob("*/tiny.json"))
+    assert {p.parent.name for p in files} == FORMATS
+    body = json.loads(files[0].read_text())
+    assert set(body["results"]) == {"qs_tiny_mc", "qs_tiny_gen"} and body["config"]["actors"] == 2

@@ -7,11 +7,9 @@ import os
 import pytest
 
 from cluster.evalpool import (
-    CPU_ENGINE_ENV,
     EngineSpec,
     ShardedLM,
     evaluate_suite,
-    reference_evaluate,
     start_pool,
     stop_pool,
 )
@@ -21,22 +19,21 @@ TASKS = ["qs_tiny_mc", "qs_tiny_gen"]
 
 
 @pytest.fixture(scope="module")
-def both(tiny, ray_local):
+def both(tiny, ray_local, tiny_reference):
     """(sharded over 2 actors, unsharded lm-eval) results for the tiny bf16 model."""
-    ray = ray_local
-    spec = EngineSpec(model_path=str(tiny.model_dir))
-    env = {**CPU_ENGINE_ENV, "VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    ref_fn = ray.remote(num_cpus=1, max_calls=1)(reference_evaluate).options(runtime_env={"env_vars": env})
-    reference = ray.get(ref_fn.remote(spec, TASKS, str(tiny.tasks_dir), None, 1234))
-    actors = start_pool(spec, 2, 1, 0)
+    actors = start_pool(EngineSpec(model_path=str(tiny.model_dir)), 2, 1, 0)
     try:
-        pids = ray.get([a.pid.remote() for a in actors])
+        pids = ray_local.get([a.pid.remote() for a in actors])
+        lm = ShardedLM(actors)
         sharded = evaluate_suite(
-            ShardedLM(actors), [(t, None) for t in TASKS], str(tiny.tasks_dir), None, False, False, 1234
+            lm, [(t, None) for t in TASKS], str(tiny.tasks_dir), None, False, False, 1234
         )
+        from cluster.humaneval import evaluate_task
+
+        sharded["humaneval"] = evaluate_task(lm, "humaneval", limit=3, max_tokens=64)
     finally:
         stop_pool(actors)
-    return sharded, reference, pids
+    return sharded, tiny_reference, pids
 
 
 def test_two_distinct_actor_processes(both):
@@ -65,3 +62,13 @@ def test_generation_task_really_generated(both):
     sharded, _, _ = both
     responses = [s["resps"][0][0] for s in sharded["samples"]["qs_tiny_gen"]]
     assert all(isinstance(r, str) for r in responses) and any(r for r in responses)
+
+
+def test_humaneval_path_generates_with_the_pool_and_scores_in_the_sandbox(both):
+    sharded, _, _ = both
+    out = sharded["humaneval"]
+    samples = out["samples"]["humaneval"]
+    assert [s["doc_id"] for s in samples] == [0, 1, 2]
+    assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
+    assert all(s["status"] in ("passed", "failed", "timeout", "blocked") for s in samples)
+    assert out["results"]["humaneval"]["pass@1,none"] == sum(s["pass@1"] for s in samples) / 3

@@ -131,3 +131,26 @@ def test_plan_is_fast_and_imports_nothing_heavy():
     assert proc.returncode == 0, proc.stderr
     # The < 2 s goal itself is measured by bench/plan_latency.py, not asserted on a shared CI box.
     assert "HEAVY []" in proc.stdout
+
+
+def test_unknown_lm_eval_task_is_a_config_error_before_anything_is_written(tmp_path):
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "suites" / "typo.yaml").write_text(
+        "name: typo\ntasks:\n  - {name: hellaswagg, num_fewshot: 0, metric: acc_norm}\n"
+    )
+    data = _smoke()
+    data.update(conf_dir=str(conf), output_root=str(tmp_path / "out"))
+    data["eval"]["suites"] = ["typo"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "run", str(_write(tmp_path, data))],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown lm-eval task 'hellaswagg'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

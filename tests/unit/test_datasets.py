@@ -30,6 +30,10 @@ def _recovery_row(fmt: str, rec: float | None) -> dict:
         "score": 50.0,
         "baseline_score": 52.0,
         "recovery_pct": rec,
+        "recovery_ci_low": None,
+        "recovery_ci_high": None,
+        "flips_right_to_wrong": 0,
+        "flips_wrong_to_right": 0,
         "n_tasks": 2,
     }
 

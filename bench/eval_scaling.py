@@ -1,0 +1,87 @@
+"""Benchmark: plain lm-eval vs quantsweep's actor pool with 1 and 2 actors, in one run.
+
+The same model (the tiny Llama, built with larger task files so compute dominates) and the same
+tasks are evaluated three ways, each timed end to end including engine start-up:
+  plain  - `lm_eval.simple_evaluate(model="vllm")` in a fresh process, as a user would run it;
+  pool-1 - the Ray actor pool with 1 actor;  pool-2 - with 2 actors.
+Prints wall times, speed-ups over plain and over pool-1, and whether all metrics are identical.
+Usage: .venv/bin/python bench/eval_scaling.py [--mc-docs 600] [--gen-docs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+TASKS = ["qs_tiny_mc", "qs_tiny_gen"]
+
+
+def _metrics(out: dict) -> dict:
+    return {t: {k: v for k, v in out["results"][t].items() if "," in k} for t in TASKS}
+
+
+def plain(spec, include: str, seed: int) -> tuple[float, dict]:
+    """Unsharded lm-eval with its own vLLM backend, in a fresh Ray worker process."""
+    import ray
+
+    from cluster.evalpool import CPU_ENGINE_ENV, reference_evaluate
+
+    env = {**CPU_ENGINE_ENV, "VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("VLLM_CPU_NUM_OF_RESERVED_CPU")
+    fn = ray.remote(num_cpus=1, max_calls=1)(reference_evaluate).options(runtime_env={"env_vars": env})
+    start = time.perf_counter()
+    out = ray.get(fn.remote(spec, TASKS, include, None, seed))
+    return time.perf_counter() - start, _metrics(out)
+
+
+def pool(spec, include: str, n: int, seed: int) -> tuple[float, dict]:
+    """The actor pool with n actors, start-up included."""
+    from cluster.evalpool import ShardedLM, evaluate_suite, start_pool, stop_pool
+
+    start = time.perf_counter()
+    actors = start_pool(spec, n, 1, 0)
+    try:
+        out = evaluate_suite(ShardedLM(actors), [(t, None) for t in TASKS], include, None, False, False, seed)
+    finally:
+        stop_pool(actors)
+    return time.perf_counter() - start, _metrics(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mc-docs", type=int, default=600)
+    parser.add_argument("--gen-docs", type=int, default=200)
+    args = parser.parse_args()
+    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    import ray
+
+    from cluster import tinymodel
+    from cluster.evalpool import EngineSpec
+
+    cache = Path(tempfile.mkdtemp(prefix="qs-bench-"))
+    assets = tinymodel.build(cache, tinymodel.TinySpec(mc_docs=args.mc_docs, gen_docs=args.gen_docs))
+    ray.init(
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}},
+    )
+    spec, include = EngineSpec(model_path=str(assets.model_dir)), str(assets.tasks_dir)
+    t_plain, m_plain = plain(spec, include, 1234)
+    t1, m1 = pool(spec, include, 1, 1234)
+    t2, m2 = pool(spec, include, 2, 1234)
+    print(f"tasks: {TASKS} ({args.mc_docs} multiple-choice docs x 4 choices, {args.gen_docs} generations)")
+    print(f"plain lm-eval (vllm backend): {t_plain:7.1f}s")
+    print(f"actor pool, 1 actor:          {t1:7.1f}s")
+    print(f"actor pool, 2 actors:         {t2:7.1f}s")
+    print(f"speed-up 2 actors / plain lm-eval: {t_plain / t2:.2f}x")
+    print(f"speed-up 2 actors / 1 actor:       {t1 / t2:.2f}x")
+    print(f"metrics identical (plain, 1, 2): {m_plain == m1 == m2}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

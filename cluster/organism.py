@@ -1,0 +1,253 @@
+"""Build the model organism: a small Llama that quantsweep trains itself, so it has accuracy to lose.
+
+The random-weight tiny model (`cluster.tinymodel`) cannot show what quantization costs; this one
+can. It shares the tiny model's tokenizer, chat template, question kinds ("What is a plus b?" and
+word-successor recall) and lm-eval task layout (`qs_tiny_mc`, `qs_tiny_gen`), so the `tiny` suite
+runs on it unchanged, but its weights are trained with plain AdamW on those questions until its
+BF16 answer accuracy on held-out questions reaches the spec's target. Everything is deterministic
+from the seed (one CPU thread, a fixed data order) and built once into a cache directory keyed by
+the spec's hash; the final loss and accuracy are recorded in `spec.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster import tinymodel
+from cluster.errors import StageError
+from cluster.tinymodel import TinyAssets, TinySpec
+
+Question = Callable[[random.Random], tuple[str, str]]
+KINDS: tuple[Question, ...] = (tinymodel._arithmetic, tinymodel._recall)
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """The organism's parameters; their hash names the cache directory."""
+
+    seed: int = 0
+    vocab_size: int = 512
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 2048
+    train_steps: int = 1500  # the most steps; training stops early at stop_accuracy
+    eval_every: int = 100
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    docs_per_sequence: int = 4  # questions packed into one training sequence (1..n)
+    val_docs: int = 256  # held-out questions that decide when training stops
+    mc_docs: int = 200
+    gen_docs: int = 200
+    calibration_docs: int = 256
+    stop_accuracy: float = 0.99
+    accuracy_target: float = 0.9
+
+    def key(self) -> str:
+        """A short content hash of the spec."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def tiny(self) -> TinySpec:
+        """The tiny-model spec with the same shape and task sizes (for the shared builders)."""
+        return TinySpec(
+            seed=self.seed,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            mc_docs=self.mc_docs,
+            gen_docs=self.gen_docs,
+            calibration_docs=self.calibration_docs,
+        )
+
+
+def _question(rng: random.Random) -> tuple[str, str]:
+    """One question of either kind, with its answer."""
+    return KINDS[rng.randrange(len(KINDS))](rng)
+
+
+def _prompt(q: str) -> str:
+    """The text before the answer, exactly as the lm-eval tasks render it."""
+    return f"Question: {q}\nAnswer:"
+
+
+def _tokens(tokenizer, memo: dict[str, list[int]], text: str) -> list[int]:
+    if text not in memo:
+        memo[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return memo[text]
+
+
+def _sequence(rng: random.Random, tokenizer, memo: dict, spec: OrganismSpec) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one training sequence: 1..n packed questions, loss on the answers only."""
+    ids: list[int] = [tokenizer.bos_token_id] if rng.random() < 0.5 else []
+    labels: list[int] = [-100] * len(ids)
+    for _ in range(rng.randint(1, spec.docs_per_sequence)):
+        q, a = _question(rng)
+        prompt, answer = _tokens(tokenizer, memo, _prompt(q)), _tokens(tokenizer, memo, f" {a}\n")
+        ids += prompt + answer
+        labels += [-100] * len(prompt) + answer
+    return ids, labels
+
+
+def _batches(tokenizer, spec: OrganismSpec) -> Iterator[tuple[Any, Any, Any]]:
+    """Right-padded (input_ids, attention_mask, labels) batches in a fixed order."""
+    import torch
+
+    rng, memo = random.Random(spec.seed + 3), {}
+    while True:
+        rows = [_sequence(rng, tokenizer, memo, spec) for _ in range(spec.batch_size)]
+        width = max(len(ids) for ids, _ in rows)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows])
+        mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows])
+        labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
+        yield ids, mask, labels
+
+
+def _val_set(tokenizer, spec: OrganismSpec):
+    """Held-out questions (a seed no other piece uses), each with and without BOS, as one batch."""
+    import torch
+
+    rng, memo, rows = random.Random(spec.seed + 4), {}, []
+    for _ in range(spec.val_docs):
+        q, a = _question(rng)
+        prompt, answer = _tokens(tokenizer, memo, _prompt(q)), _tokens(tokenizer, memo, f" {a}\n")
+        for bos in ([tokenizer.bos_token_id], []):
+            rows.append((bos + prompt + answer, [-100] * len(bos + prompt) + answer))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in rows])
+    mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in rows])
+    labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
+    return ids, mask, labels
+
+
+def accuracy(model, batch) -> float:
+    """Share of questions whose every answer token is the argmax (teacher-forced), in bf16."""
+    import copy
+
+    import torch
+
+    ids, mask, labels = batch
+    half = copy.deepcopy(model).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        pred = half(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    ok = (pred == target) | (target == -100)
+    return ok.all(dim=1).float().mean().item()
+
+
+def _lr(step: int, spec: OrganismSpec) -> float:
+    """Linear warmup, then cosine decay to a tenth over train_steps."""
+    import math
+
+    if step < spec.warmup_steps:
+        return spec.learning_rate * (step + 1) / spec.warmup_steps
+    frac = (step - spec.warmup_steps) / max(1, spec.train_steps - spec.warmup_steps)
+    return spec.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def train(model_dir: Path, spec: OrganismSpec, log: Callable[[str], None] = lambda _: None) -> dict:
+    """Train the random-init checkpoint in model_dir in place; return loss, accuracy and wall time."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-for-bit repeatable, and polite to whatever else runs here
+    try:
+        torch.manual_seed(spec.seed)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+        val, batches, start = _val_set(tokenizer, spec), _batches(tokenizer, spec), time.perf_counter()
+        loss, acc, step = float("nan"), 0.0, 0
+        model.train()
+        for step in range(1, spec.train_steps + 1):
+            ids, mask, labels = next(batches)
+            for group in opt.param_groups:
+                group["lr"] = _lr(step - 1, spec)
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss = out.loss.item()
+            if step % spec.eval_every == 0 or step == spec.train_steps:
+                acc = accuracy(model, val)
+                log(f"step {step} loss {loss:.4f} bf16 accuracy {acc:.3f}")
+                if acc >= spec.stop_accuracy:
+                    break
+        wall = time.perf_counter() - start
+        if acc < spec.accuracy_target:
+            raise StageError(
+                f"the organism reached bf16 accuracy {acc:.3f} after {step} steps, below "
+                f"accuracy_target {spec.accuracy_target}: raise train_steps or learning_rate"
+            )
+        model.to(torch.bfloat16).save_pretrained(model_dir, safe_serialization=True)
+    finally:
+        torch.set_num_threads(threads)
+    return {"steps": step, "final_loss": loss, "bf16_accuracy": acc, "train_wall_s": round(wall, 1)}
+
+
+def _calibration(spec: OrganismSpec) -> list[dict]:
+    """Instruction-style calibration text from the training distribution (its own seed)."""
+    rng = random.Random(spec.seed + 2)
+    rows = []
+    for _ in range(spec.calibration_docs):
+        docs = [_question(rng) for _ in range(rng.randint(1, spec.docs_per_sequence))]
+        rows.append({"text": "".join(f"{_prompt(q)} {a}\n" for q, a in docs)})
+    return rows
+
+
+def build(
+    cache_dir: Path | str, spec: OrganismSpec | None = None, log: Callable[[str], None] = lambda _: None
+) -> TinyAssets:
+    """Build (or find) the organism's assets under cache_dir; atomic, so never half-written."""
+    spec = spec or OrganismSpec()
+    final = Path(cache_dir) / f"organism-{spec.key()}"
+    if (final / "DONE").is_file():
+        return TinyAssets(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tmp = Path(tempfile.mkdtemp(prefix=".organism-", dir=final.parent))
+    try:
+        tiny = spec.tiny()
+        tokenizer = tinymodel._train_tokenizer(tinymodel.corpus(random.Random(spec.seed), 4000), tiny)
+        tinymodel._build_model(tiny, tokenizer, tmp / "model")
+        report = train(tmp / "model", spec, log)
+        mc, gen = tinymodel._task_rows(random.Random(spec.seed + 1), tiny)
+        tinymodel._write_tasks(tmp / "tasks", mc, gen)
+        tinymodel._write_jsonl(tmp / "calibration" / "instruct.jsonl", _calibration(spec))
+        (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "training": report}, indent=2))
+        (tmp / "DONE").write_text("ok\n")
+        tinymodel._fix_task_paths(tmp, final)
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first: keep theirs
+            if not (final / "DONE").is_file():
+                raise
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise StageError(f"could not build the organism under {final.parent}: {exc}") from exc
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return TinyAssets(final)

@@ -1,0 +1,85 @@
+"""Start a bare `vllm serve` process from the same config as the Ray Serve app: the baseline.
+
+Ray Serve adds a proxy and a router in front of the engine (Ray issue 59681); measuring the same
+checkpoint and engine arguments through plain `vllm serve` shows what that costs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from serve.app import ServedModel, ServeSpec, engine_kwargs
+
+
+def command(spec: ServeSpec, model: ServedModel, port: int) -> list[str]:
+    """The `vllm serve` command line for one checkpoint with the spec's engine arguments."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "serve",
+        model.path,
+        "--served-model-name",
+        model.model_id,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    for key, value in engine_kwargs(spec.engine, model.tensor_parallel_size, spec.cpu_only).items():
+        flag = "--" + key.replace("_", "-")
+        cmd += [flag] if value is True else ([] if value is False else [flag, str(value)])
+    if spec.api_key:
+        cmd += ["--api-key", spec.api_key]
+    return cmd
+
+
+@contextmanager
+def vllm_serve(spec: ServeSpec, model: ServedModel, port: int, timeout_s: float = 600) -> Iterator[str]:
+    """Run `vllm serve` until the block ends; yield its base URL once it answers."""
+    env = dict(os.environ)
+    if spec.cpu_only:
+        env.update(
+            {
+                "VLLM_TARGET_DEVICE": "cpu",
+                "VLLM_CPU_KVCACHE_SPACE": str(spec.engine.cpu_kv_cache_gib),
+                "VLLM_CPU_OMP_THREADS_BIND": str((os.cpu_count() or 1) - 1),
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            }
+        )
+    proc = subprocess.Popen(
+        command(spec, model, port),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"vllm serve exited with {proc.returncode}: {(proc.stderr.read() or '')[-800:]}"
+            )
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,27 @@
+"""Serving config: pinned engine args, the bare `vllm serve` baseline from the same config."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.config import EngineConfig
+from serve.app import ServedModel, ServeSpec, engine_kwargs
+from serve.bare import command
+
+pytestmark = pytest.mark.unit
+
+
+def test_engine_args_are_pinned_not_left_to_defaults():
+    args = engine_kwargs(EngineConfig(max_num_seqs=7, max_model_len=1024), tp=1, cpu_only=True)
+    assert args["max_num_seqs"] == 7 and args["max_model_len"] == 1024 and args["enforce_eager"] is True
+    gpu = engine_kwargs(EngineConfig(gpu_memory_utilization=0.8), tp=4, cpu_only=False)
+    assert gpu["tensor_parallel_size"] == 4 and gpu["gpu_memory_utilization"] == 0.8
+    assert "distributed_executor_backend" not in gpu
+
+
+def test_bare_vllm_serve_gets_the_same_engine_args_and_loopback():
+    spec = ServeSpec([ServedModel("m", "/ckpt")], EngineConfig(max_num_seqs=5), cpu_only=True, api_key="k")
+    cmd = command(spec, spec.models[0], 9000)
+    assert cmd[cmd.index("serve") + 1] == "/ckpt"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--max-num-seqs") + 1] == "5"
+    assert "--enforce-eager" in cmd and cmd[cmd.index("--api-key") + 1] == "k"
