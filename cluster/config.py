@@ -18,7 +18,7 @@ SCHEMES = ("FP8_DYNAMIC", "W8A8", "W4A16")
 OBSERVERS = ("minmax", "mse")
 CALIBRATION_SOURCES = ("none", "random", "instruct")
 CAPABILITIES = ("bf16", "fp8", "int8", "int4")
-BUILDERS = ("tiny-llama",)
+BUILDERS = ("tiny-llama", "organism")
 SEARCHES = ("grid", "random")
 TASK_KINDS = ("lm_eval", "humaneval", "arena")
 LOAD_PROFILES = ("poisson", "sweep")
@@ -71,7 +71,7 @@ class ModelConfig:
     family: str = ""
     hub_id: str | None = None
     path: str | None = None  # a local checkpoint directory (wins over hub_id)
-    builder: str | None = None  # built by quantsweep itself (tiny-llama)
+    builder: str | None = None  # built by quantsweep itself (tiny-llama, organism)
     params_b: float = MISSING  # parameters, billions
     max_model_len: int = 4096
     instruct_dataset: str | None = None  # calibration data for source=instruct (hub id)

@@ -1,8 +1,8 @@
 """What every stage of a run shares: the sweep, resolved models, checkpoints, provenance, Ray.
 
-`resolve_models` turns catalog entries into concrete weights (building the tiny model when a
-sweep names it); `init_ray` connects to `RAY_ADDRESS` / `ray.address` when set (the `ray job
-submit` case) and otherwise starts an embedded local Ray.
+`resolve_models` turns catalog entries into concrete weights (building the tiny model or the
+organism when a sweep names it); `init_ray` connects to `RAY_ADDRESS` / `ray.address` when set
+(the `ray job submit` case) and otherwise starts an embedded local Ray.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class RunContext:
 
 
 def resolve_models(sweep: SweepConfig, catalog: Catalog, root: Path) -> dict[str, ResolvedModel]:
-    """Concrete weights for every model the sweep names (the tiny model is built once, cached)."""
+    """Concrete weights for every model the sweep names (built models are built once, cached)."""
     out = {}
     for name in sweep.models:
         cfg = catalog.models[name]
@@ -72,10 +72,11 @@ def resolve_models(sweep: SweepConfig, catalog: Catalog, root: Path) -> dict[str
             out[name] = ResolvedModel(
                 cfg, sweep.model_paths[name], f"path:{sweep.model_paths[name]}", cfg.instruct_dataset
             )
-        elif cfg.builder == "tiny-llama":
-            from cluster import tinymodel
+        elif cfg.builder in ("tiny-llama", "organism"):
+            from cluster import organism, tinymodel
 
-            assets = tinymodel.build(root / "cache")
+            build = tinymodel.build if cfg.builder == "tiny-llama" else organism.build
+            assets = build(root / "cache")
             out[name] = ResolvedModel(
                 cfg,
                 str(assets.model_dir),
