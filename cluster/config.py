@@ -222,7 +222,7 @@ class TuneStage:
 
     enabled: bool = False
     format: str = "w8a8-int"
-    suite: str = MISSING
+    suite: str | None = None  # required when enabled
     search: str = "grid"
     num_samples: int = 1
     max_concurrent: int = 1

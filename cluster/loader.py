@@ -287,6 +287,8 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     """The tuning space may only name real recipe keys, each with a non-empty list of values."""
     t = sweep.tune
     _known([t.format], catalog.formats, source, "tune.format")
+    if not t.suite:
+        raise ConfigError(f"{source}: tune.suite is required when tune.enabled is true")
     _known([t.suite], catalog.suites, source, "tune.suite")
     _check_choice(t.search, C.SEARCHES, source, "tune.search")
     if not t.space:

@@ -154,3 +154,13 @@ def test_unknown_lm_eval_task_is_a_config_error_before_anything_is_written(tmp_p
     assert proc.returncode == 2
     assert "unknown lm-eval task 'hellaswagg'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_minimal_sweep_needs_only_name_models_formats(tmp_path):
+    path = _write(tmp_path, {"name": "mini", "models": ["tiny-llama"], "formats": ["bf16", "w4a16-int"]})
+    sweep, _ = load_sweep(path)
+    assert sweep.tune.enabled is False and sweep.tune.suite is None
+    with pytest.raises(ConfigError, match="tune.suite is required"):
+        load_sweep(path, ["tune.enabled=true"])
+    with pytest.raises(ConfigError, match="formats names unknown 'w3a3'"):
+        load_sweep(_write(tmp_path, {"name": "mini", "models": ["tiny-llama"], "formats": ["bf16", "w3a3"]}))
