@@ -62,9 +62,9 @@ def check_tasks(sweep: SweepConfig, catalog: Catalog) -> None:
     from cluster.errors import ConfigError
     from cluster.tinymodel import TASK_NAMES
 
-    suites = set(sweep.eval.suites if sweep.eval.enabled else []) | (
-        {sweep.tune.suite} if sweep.tune.enabled else set()
-    )
+    suites: set[str] = set(sweep.eval.suites if sweep.eval.enabled else [])
+    if sweep.tune.enabled and sweep.tune.suite:
+        suites.add(sweep.tune.suite)
     index: dict[str | None, set[str]] = {}
     for s in sorted(suites):
         suite = catalog.suites[s]

@@ -74,7 +74,7 @@ def vllm_serve(spec: ServeSpec, model: ServedModel, port: int, timeout_s: float 
             time.sleep(2)
         if proc.poll() is not None:
             raise RuntimeError(
-                f"vllm serve exited with {proc.returncode}: {(proc.stderr.read() or '')[-800:]}"
+                f"vllm serve exited with {proc.returncode}: {((proc.stderr.read() if proc.stderr else '') or '')[-800:]}"
             )
         yield url
     finally:
