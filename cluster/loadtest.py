@@ -11,7 +11,6 @@ that says why: never a made-up number.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 from cluster.config import HardwareConfig, UseCaseConfig
@@ -269,4 +268,3 @@ def run_stage(ctx) -> None:
         reqs += r
     ctx.results["perf"] = perf
     ctx.results["requests"] = reqs
-    ctx.results["serve_engine"] = [asdict(ctx.sweep.serve.engine)]

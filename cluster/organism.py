@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -262,13 +259,8 @@ def build(
 ) -> TinyAssets:
     """Build (or find) the organism's assets under cache_dir; atomic, so never half-written."""
     spec = spec or OrganismSpec()
-    final = Path(cache_dir) / f"organism-{spec.key()}"
-    if (final / "DONE").is_file():
-        return TinyAssets(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tmp = Path(tempfile.mkdtemp(prefix=".organism-", dir=final.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         tiny = spec.tiny()
         tokenizer = tinymodel._train_tokenizer(tinymodel.corpus(random.Random(spec.seed), 4000), tiny)
         tinymodel._build_model(tiny, tokenizer, tmp / "model")
@@ -277,17 +269,5 @@ def build(
         tinymodel._write_tasks(tmp / "tasks", mc, gen)
         tinymodel._write_jsonl(tmp / "calibration" / "instruct.jsonl", _calibration(spec))
         (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "training": report}, indent=2))
-        (tmp / "DONE").write_text("ok\n")
-        tinymodel._fix_task_paths(tmp, final)
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished first: keep theirs
-            if not (final / "DONE").is_file():
-                raise
-    except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise StageError(f"could not build the organism under {final.parent}: {exc}") from exc
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
-    return TinyAssets(final)
+
+    return tinymodel.build_atomically(Path(cache_dir) / f"organism-{spec.key()}", fill, "organism")

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -234,25 +235,19 @@ def _write_tasks(tasks_dir: Path, mc: list[dict], gen: list[dict]) -> None:
         (tasks_dir / f"{task['task']}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
 
 
-def build(cache_dir: Path | str, spec: TinySpec | None = None) -> TinyAssets:
-    """Build (or find) the tiny model's assets under cache_dir; atomic, so never half-written."""
-    spec = spec or TinySpec()
-    final = Path(cache_dir) / f"tiny-llama-{spec.key()}"
+def build_atomically(final: Path, fill: Callable[[Path], None], what: str) -> TinyAssets:
+    """Run `fill(tmp)` in a temp dir beside `final`, then rename it into place (never half-written).
+
+    A finished directory (with `DONE`) is returned as is; if another process finishes first, its
+    copy is kept.
+    """
     if (final / "DONE").is_file():
         return TinyAssets(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        rng = random.Random(spec.seed)
-        texts = corpus(rng, 4000)
-        tokenizer = _train_tokenizer(texts, spec)
-        _build_model(spec, tokenizer, tmp / "model")
-        mc, gen = _task_rows(random.Random(spec.seed + 1), spec)
-        _write_tasks(tmp / "tasks", mc, gen)
-        calib = corpus(random.Random(spec.seed + 2), spec.calibration_docs)
-        _write_jsonl(tmp / "calibration" / "instruct.jsonl", [{"text": t} for t in calib])
-        (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        fill(tmp)
         (tmp / "DONE").write_text("ok\n")
         _fix_task_paths(tmp, final)
         try:
@@ -260,13 +255,27 @@ def build(cache_dir: Path | str, spec: TinySpec | None = None) -> TinyAssets:
         except OSError:  # another process finished first: keep theirs
             if not (final / "DONE").is_file():
                 raise
-    except Exception as exc:
+    except OSError as exc:
+        raise StageError(f"could not build the {what} under {final.parent}: {exc}") from exc
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise StageError(f"could not build the tiny model under {final.parent}: {exc}") from exc
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
     return TinyAssets(final)
+
+
+def build(cache_dir: Path | str, spec: TinySpec | None = None) -> TinyAssets:
+    """Build (or find) the tiny model's assets under cache_dir; atomic, so never half-written."""
+    spec = spec or TinySpec()
+
+    def fill(tmp: Path) -> None:
+        tokenizer = _train_tokenizer(corpus(random.Random(spec.seed), 4000), spec)
+        _build_model(spec, tokenizer, tmp / "model")
+        mc, gen = _task_rows(random.Random(spec.seed + 1), spec)
+        _write_tasks(tmp / "tasks", mc, gen)
+        calib = corpus(random.Random(spec.seed + 2), spec.calibration_docs)
+        _write_jsonl(tmp / "calibration" / "instruct.jsonl", [{"text": t} for t in calib])
+        (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+
+    return build_atomically(Path(cache_dir) / f"tiny-llama-{spec.key()}", fill, "tiny model")
 
 
 def _fix_task_paths(tmp: Path, final: Path) -> None:

@@ -66,6 +66,19 @@ def engine_kwargs(engine: EngineConfig, tp: int, cpu_only: bool) -> dict[str, An
     return kwargs
 
 
+def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
+    """Environment of a served vLLM engine on CPU (Ray Serve replica or bare `vllm serve`)."""
+    return {
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kv_cache_gib),
+        # Every engine binds to the last core (the load tests drive one model at a time), leaving
+        # the others to the proxy, ingress and client; one runtime env for all configs also lets
+        # Ray reuse worker processes for their start-up tasks.
+        "VLLM_CPU_OMP_THREADS_BIND": str((os.cpu_count() or 1) - 1),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    }
+
+
 def _llm_config(spec: ServeSpec, model: ServedModel):
     """A ray.serve.llm LLMConfig for one checkpoint."""
     from ray.serve.llm import LLMConfig
@@ -73,17 +86,7 @@ def _llm_config(spec: ServeSpec, model: ServedModel):
     env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", **spec.extra_env}
     extra: dict[str, Any] = {}
     if spec.cpu_only:
-        env.update(
-            {
-                "VLLM_TARGET_DEVICE": "cpu",
-                "VLLM_CPU_KVCACHE_SPACE": str(spec.engine.cpu_kv_cache_gib),
-                # Every engine binds to the last core (the load tests drive one model at a time),
-                # leaving the others to the proxy, ingress and client; one runtime env for all
-                # configs also lets Ray reuse worker processes for their start-up tasks.
-                "VLLM_CPU_OMP_THREADS_BIND": str((os.cpu_count() or 1) - 1),
-                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            }
-        )
+        env.update(cpu_engine_env(spec.engine))
         extra = {
             "accelerator_config": {"kind": "cpu"},
             "placement_group_config": {"bundles": [{"CPU": spec.cpus_per_replica}]},

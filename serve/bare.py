@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from serve.app import ServedModel, ServeSpec, engine_kwargs
+from serve.app import ServedModel, ServeSpec, cpu_engine_env, engine_kwargs
 
 
 def command(spec: ServeSpec, model: ServedModel, port: int) -> list[str]:
@@ -46,14 +46,7 @@ def vllm_serve(spec: ServeSpec, model: ServedModel, port: int, timeout_s: float 
     """Run `vllm serve` until the block ends; yield its base URL once it answers."""
     env = dict(os.environ)
     if spec.cpu_only:
-        env.update(
-            {
-                "VLLM_TARGET_DEVICE": "cpu",
-                "VLLM_CPU_KVCACHE_SPACE": str(spec.engine.cpu_kv_cache_gib),
-                "VLLM_CPU_OMP_THREADS_BIND": str((os.cpu_count() or 1) - 1),
-                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            }
-        )
+        env.update(cpu_engine_env(spec.engine))
     proc = subprocess.Popen(
         command(spec, model, port),
         env=env,

@@ -25,3 +25,10 @@ def test_bare_vllm_serve_gets_the_same_engine_args_and_loopback():
     assert cmd[cmd.index("serve") + 1] == "/ckpt"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--max-num-seqs") + 1] == "5"
     assert "--enforce-eager" in cmd and cmd[cmd.index("--api-key") + 1] == "k"
+
+
+def test_ray_serve_and_bare_vllm_serve_share_one_cpu_engine_env():
+    from serve.app import cpu_engine_env
+
+    env = cpu_engine_env(EngineConfig(cpu_kv_cache_gib=3))
+    assert env["VLLM_TARGET_DEVICE"] == "cpu" and env["VLLM_CPU_KVCACHE_SPACE"] == "3"
