@@ -148,6 +148,7 @@ class QuantizeStage:
     enabled: bool = True
     num_cpus: float = 1
     num_gpus: float = 0
+    health_probe: bool = True  # load every new artifact in vLLM and generate before evaluating it
 
 
 @dataclass

@@ -58,6 +58,14 @@ class RunContext:
     console: Console
     models: dict[str, ResolvedModel] = field(default_factory=dict)
     checkpoints: dict[tuple[str, str], Checkpoint] = field(default_factory=dict)
+
+    def unusable(self, m: str, f: str) -> str:
+        """Why a checkpoint must not be evaluated or served ('' when it may)."""
+        meta = self.checkpoints[(m, f)].meta
+        if meta.get("health") in ("load_failed", "config_mismatch"):
+            return f"unhealthy ({meta['health']}: {meta.get('health_detail', '')})"
+        return ""
+
     cpu_only: bool = True
     results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     cache: dict[tuple, Any] = field(default_factory=dict)  # values later stages reuse (baseline answers)

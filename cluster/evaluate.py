@@ -261,6 +261,8 @@ def recovery_rows(ctx, scores: list[dict], samples: list[dict]) -> list[dict]:
             base = suite_score(suite, by_fmt[sweep.baseline])
             base_docs = per_doc(samples, suite, m, sweep.baseline)
             for f in sweep.formats:
+                if ctx.unusable(m, f):
+                    continue
                 score, docs = suite_score(suite, by_fmt[f]), per_doc(samples, suite, m, f)
                 lo, hi = bootstrap_recovery(docs, base_docs, suite, seed=sweep.seed)
                 to_wrong, to_right = flips(docs, base_docs, suite)
@@ -279,6 +281,7 @@ def recovery_rows(ctx, scores: list[dict], samples: list[dict]) -> list[dict]:
                         "flips_right_to_wrong": to_wrong,
                         "flips_wrong_to_right": to_right,
                         "n_tasks": len(suite.tasks),
+                        "health": ctx.checkpoints[(m, f)].meta.get("health", "ok"),
                     }
                 )
     return rows
@@ -294,6 +297,9 @@ def run_stage(ctx) -> None:
     for m in ctx.sweep.models:
         gens: dict[str, list[str]] = {}
         for f in formats:
+            if why := ctx.unusable(m, f):
+                ctx.console.log(f"[bold red]evaluate: {m} {f} skipped: {why}")
+                continue
             ctx.console.log(
                 f"evaluate: {m} {f} on {', '.join(ctx.sweep.eval.suites)} "
                 f"with {ctx.sweep.eval.actors} vLLM actor(s)"

@@ -182,7 +182,11 @@ def _cells(ctx, m: str) -> list[tuple[str, HardwareConfig, str]]:
     for f in ctx.sweep.formats:
         for h in ctx.sweep.serve.hardware:
             hw = cat.hardware[h]
-            reason = serve_skip_reason(cat.models[m], cat.formats[f], hw) or measurable_here(hw, ctx.cpu_only)
+            reason = (
+                serve_skip_reason(cat.models[m], cat.formats[f], hw)
+                or measurable_here(hw, ctx.cpu_only)
+                or ctx.unusable(m, f)
+            )
             out.append((f, hw, reason))
     return out
 

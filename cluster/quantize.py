@@ -4,7 +4,8 @@ A checkpoint is stored under the hash of (base model, recipe, tool versions) and
 temporary directory that is renamed into place only when complete, so a rerun finds finished
 artifacts and never a half-written one. Each task runs in a fresh worker process (`max_calls=1`)
 so its peak RSS is its own. GPTQ layers that silently fell back to round-to-nearest (Hessian not
-invertible, llm-compressor issue 2952) are read off the modifier and recorded, never hidden.
+invertible, llm-compressor issue 2952) are captured while the modifier finalizes (it clears its
+own list there) and recorded, never hidden.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +126,29 @@ def run_quantize(job: QuantizeJob) -> dict[str, Any]:
     return {**meta, "cache_hit": False}
 
 
+@contextmanager
+def recording_rtn_fallbacks() -> Iterator[list[str]]:
+    """Collect the names of GPTQ modules quantized with round-to-nearest during `oneshot`.
+
+    GPTQModifier logs and then empties `_rtn_fallback_module_names` in `on_finalize`, so reading it
+    after `oneshot` returns finds nothing; the summary hook sees the list just before it is cleared.
+    """
+    from llmcompressor.modifiers.gptq.base import GPTQModifier
+
+    names: list[str] = []
+    original = GPTQModifier._log_rtn_fallback_summary
+
+    def record(self) -> None:
+        names.extend(self._rtn_fallback_module_names)
+        original(self)
+
+    GPTQModifier._log_rtn_fallback_summary = record  # type: ignore[method-assign]
+    try:
+        yield names
+    finally:
+        GPTQModifier._log_rtn_fallback_summary = original  # type: ignore[method-assign]
+
+
 def _quantize_into(job: QuantizeJob, out: Path) -> dict[str, Any]:
     """Load the base model, run oneshot, save compressed weights, tokenizer and recipe."""
     import torch
@@ -138,11 +164,11 @@ def _quantize_into(job: QuantizeJob, out: Path) -> dict[str, Any]:
     if cal.source != "none":
         kwargs["dataset"] = calibration_dataset(job.recipe, tokenizer, job.instruct_source)
         kwargs["num_calibration_samples"] = cal.num_samples
-    oneshot(model=model, **kwargs)
+    with recording_rtn_fallbacks() as fallback:
+        oneshot(model=model, **kwargs)
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
     save_recipe(job.recipe, out)
-    fallback = sorted({n for m in modifiers for n in getattr(m, "_rtn_fallback_module_names", [])})
     return {
         "key": artifact_key(job),
         "model": job.model,
@@ -151,7 +177,7 @@ def _quantize_into(job: QuantizeJob, out: Path) -> dict[str, Any]:
         "wall_s": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "size_bytes": _dir_size(out),
-        "rtn_fallback_modules": fallback,
+        "rtn_fallback_modules": sorted(set(fallback)),
         "versions": tool_versions(),
     }
 
@@ -167,9 +193,27 @@ def quantize_all(jobs: list[QuantizeJob], num_cpus: float, num_gpus: float) -> l
     return [built[i] if i in built else {**(found[i] or {}), "cache_hit": True} for i in range(len(jobs))]
 
 
-def _health(meta: dict[str, Any]) -> str:
-    """A one-word verdict for the quantized dataset ('ok' or what went wrong)."""
-    return "rtn_fallback" if meta.get("rtn_fallback_modules") else "ok"
+def _check_health(ctx, jobs: list[QuantizeJob]) -> None:
+    """Check every new or cached artifact (config, GPTQ fallbacks, a vLLM load) before evaluation."""
+    from cluster import health
+
+    if not jobs:
+        return
+    metas = [ctx.checkpoints[(j.model, j.format)].meta for j in jobs]
+    tps = [1 if ctx.cpu_only else ctx.models[j.model].config.gpus.get(j.format, 1) for j in jobs]
+    probe = ctx.sweep.quantize.health_probe
+    ctx.console.log(f"health: {len(jobs)} artifact(s){', loading each in vLLM' if probe else ''}")
+    records = health.check_all(
+        [(j.recipe, meta, tp) for j, meta, tp in zip(jobs, metas, tps, strict=True)],
+        ctx.sweep.serve.engine.max_model_len,
+        ctx.sweep.seed,
+        ctx.cpu_only,
+        probe,
+    )
+    for job, meta, record in zip(jobs, metas, records, strict=True):
+        meta["health"], meta["health_detail"] = record["health"], record["detail"]
+        style = "" if record["health"] == "ok" else "[bold red]"
+        ctx.console.log(f"  {style}{job.model} {job.format}: {record['health']}: {record['detail']}")
 
 
 def run_stage(ctx) -> None:
@@ -193,6 +237,8 @@ def run_stage(ctx) -> None:
                     "size_bytes": None,
                     "rtn_fallback_modules": [],
                     "cache_hit": True,
+                    "health": "ok",
+                    "health_detail": "the unquantized base model",
                 }
                 ctx.checkpoints[(name, f)] = Checkpoint(name, f, model.path, meta)
                 continue
@@ -214,6 +260,7 @@ def run_stage(ctx) -> None:
         ctx.checkpoints[(job.model, job.format)] = Checkpoint(job.model, job.format, meta["path"], meta)
         note = "cache hit" if meta["cache_hit"] else f"{meta['wall_s']:.1f}s"
         ctx.console.log(f"  {job.model} {job.format}: {note} -> {meta['path']}")
+    _check_health(ctx, todo)
     rows = []
     for (m, f), ck in ctx.checkpoints.items():
         fmt = catalog.formats[f]
@@ -233,7 +280,8 @@ def run_stage(ctx) -> None:
                 "size_bytes": ck.meta.get("size_bytes"),
                 "cache_hit": bool(ck.meta.get("cache_hit")),
                 "rtn_fallback_modules": list(ck.meta.get("rtn_fallback_modules", [])),
-                "health": _health(ck.meta),
+                "health": ck.meta["health"],
+                "health_detail": ck.meta.get("health_detail"),
             }
         )
     ctx.results["quantized"] = rows

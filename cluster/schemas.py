@@ -43,6 +43,7 @@ QUANTIZED = _schema(
     pa.field("cache_hit", pa.bool_(), nullable=False),
     pa.field("rtn_fallback_modules", pa.list_(pa.string()), nullable=False),
     pa.field("health", pa.string(), nullable=False),
+    pa.field("health_detail", pa.string()),
 )
 
 EVAL_SCORES = _schema(
@@ -85,6 +86,7 @@ RECOVERY = _schema(
     pa.field("flips_right_to_wrong", pa.int64()),
     pa.field("flips_wrong_to_right", pa.int64()),
     pa.field("n_tasks", pa.int64(), nullable=False),
+    pa.field("health", pa.string(), nullable=False),
 )
 
 REQUESTS = _schema(

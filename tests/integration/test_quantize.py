@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
+from cluster import health
 from cluster.loader import load_catalog
 from cluster.quantize import ARTIFACT_FILE, QuantizeJob, artifact_dir, run_quantize
 from cluster.recipes import RECIPE_FILE, load_recipe
@@ -97,3 +101,65 @@ def test_artifact_key_changes_with_the_recipe(quantized, tiny):
     job = _job(tiny, root, "w8a8-int")
     job.recipe.dampening_frac = 0.1
     assert artifact_dir(job) != artifact_dir(runs["w8a8-int"][0])
+
+
+def _planted_fallback_job(tiny, root) -> QuantizeJob:
+    """GPTQ on one calibration token with (almost) no dampening: every Hessian is rank one."""
+    recipe = load_catalog().formats["w8a8-int"].recipe
+    recipe.dampening_frac = 1e-9
+    recipe.calibration.source, recipe.calibration.num_samples, recipe.calibration.max_seq_length = (
+        "random",
+        1,
+        1,
+    )
+    return QuantizeJob(
+        "tiny-llama", "w8a8-int", str(tiny.model_dir), recipe, str(root), None, f"tiny:{tiny.root.name}"
+    )
+
+
+def test_planted_gptq_fallback_is_recorded_and_flagged(tiny, tmp_path):
+    job = _planted_fallback_job(tiny, tmp_path)
+    meta = run_quantize(job)
+    assert meta["rtn_fallback_modules"], "the rank-one Hessians must fail to invert"
+    assert all(name.startswith("model.layers.") for name in meta["rtn_fallback_modules"])
+    stored = json.loads((artifact_dir(job) / ARTIFACT_FILE).read_text())
+    assert stored["rtn_fallback_modules"] == meta["rtn_fallback_modules"]
+    [record] = health.check_all([(job.recipe, meta, 1)], 256, 0, cpu_only=True, probe_engine=False)
+    assert record["health"] == "rtn_fallback"
+    assert f"{len(meta['rtn_fallback_modules'])} GPTQ module(s)" in record["detail"]
+
+
+def test_healthy_gptq_records_no_fallback(quantized):
+    _, runs = quantized
+    assert runs["w8a8-int"][1]["rtn_fallback_modules"] == []
+    assert runs["w4a16-int"][1]["rtn_fallback_modules"] == []
+
+
+def test_each_checkpoint_config_matches_its_recipe_and_no_other(quantized):
+    _, runs = quantized
+    for fmt, (job, meta) in runs.items():
+        assert health.config_mismatches(job.recipe, meta["path"]) == [], fmt
+        for other in set(FORMATS) - {fmt}:
+            assert health.config_mismatches(runs[other][0].recipe, meta["path"]), (fmt, other)
+    recipe = copy.deepcopy(runs["w4a16-int"][0].recipe)
+    recipe.group_size = 64
+    assert health.config_mismatches(recipe, runs["w4a16-int"][1]["path"]) == [
+        "weights.group_size is 128, recipe wants 64"
+    ]
+
+
+def test_vllm_probe_passes_a_good_checkpoint_and_fails_a_corrupt_one(quantized, ray_local, tmp_path):
+    _, runs = quantized
+    job, meta = runs["w8a8-int"]
+    broken = tmp_path / "broken"
+    shutil.copytree(meta["path"], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    good, bad = health.check_all(
+        [(job.recipe, meta, 1), (job.recipe, {**meta, "path": str(broken)}, 1)], 256, 0, cpu_only=True
+    )
+    assert good["health"] == "ok" and good["probe"]["ok"] and good["probe"]["text"], good
+    assert bad["health"] == "load_failed" and "safetensor" in bad["detail"].lower(), bad
+    stored = json.loads((Path(meta["path"]) / health.HEALTH_FILE).read_text())
+    assert stored["health"] == "ok"
+    again = health.check_all([(job.recipe, meta, 1)], 256, 0, cpu_only=True)
+    assert again[0] == stored  # read back, not probed again
