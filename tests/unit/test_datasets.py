@@ -35,6 +35,7 @@ def _recovery_row(fmt: str, rec: float | None) -> dict:
         "flips_right_to_wrong": 0,
         "flips_wrong_to_right": 0,
         "n_tasks": 2,
+        "health": "ok",
     }
 
 
