@@ -19,7 +19,8 @@ OBSERVERS = ("minmax", "mse")
 CALIBRATION_SOURCES = ("none", "random", "instruct")
 CAPABILITIES = ("bf16", "fp8", "int8", "int4")
 BUILDERS = ("tiny-llama", "organism")
-SEARCHES = ("grid", "random")
+SEARCHES = ("grid", "random", "tpe")
+SCHEDULERS = ("fifo", "asha")
 TASK_KINDS = ("lm_eval", "humaneval", "arena")
 LOAD_PROFILES = ("poisson", "sweep")
 
@@ -223,13 +224,21 @@ class TuneStage:
 
     enabled: bool = False
     format: str = "w8a8-int"
-    suite: str | None = None  # required when enabled
-    search: str = "grid"
-    num_samples: int = 1
+    suite: str | None = None  # the tuning suite, required when enabled (the study: Leaderboard V1)
+    validation_suite: str | None = None  # the best recipe is re-scored here (the study: V2)
+    search: str = "grid"  # grid | random | tpe (Optuna's model-based sampler)
+    scheduler: str = "fifo"  # fifo (every trial runs to the full budget) | asha (bad trials stop early)
+    # Growing eval-sample budgets (docs per task); a trial reports recovery at each, ASHA's rungs.
+    # Empty: one report on `limit` docs (None = all).
+    rungs: list[int] = field(default_factory=list)
+    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
+    num_samples: int = 1  # trials (grid: repeats of the grid)
     max_concurrent: int = 1
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     limit: int | None = None
+    resume: bool = True  # an interrupted search of the same spec resumes (Tuner.restore)
+    seed: int = 0  # the search algorithm's seed (random, tpe)
     space: dict[str, Any] = field(default_factory=dict)  # recipe key (dotted) -> list of values
 
 

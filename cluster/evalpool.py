@@ -247,8 +247,11 @@ def evaluate_suite(
     fewshot_as_multiturn: bool,
     seed: int,
     metadata: dict[str, Any] | None = None,
+    samples: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval on (task, num_fewshot) pairs; one evaluator call per shot count.
+
+    `samples` (task -> document indices) evaluates chosen documents instead of the first `limit`.
 
     Returns lm-eval's merged `results`, `n-samples` and `samples` keyed by task name.
     """
@@ -272,6 +275,7 @@ def evaluate_suite(
             fewshot_random_seed=seed,
             log_samples=True,
             metadata=metadata,
+            samples=None if samples is None else {t: samples[t] for t in names},
         )
         for key in merged:
             merged[key].update(out.get(key, {}))

@@ -7,6 +7,8 @@ starts and before anything is written.
 
 from __future__ import annotations
 
+import copy
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,8 +211,9 @@ def _check_recipe_keys(keys: list[str], source: str, where: str) -> None:
 
 def _apply_recipe_overrides(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     """Apply the sweep's per-format recipe overrides to the catalog copy this run uses."""
+    used = [*sweep.formats, *([sweep.tune.format] if sweep.tune.enabled else [])]
     for name, values in sweep.recipe_overrides.items():
-        _known([name], {f: 1 for f in sweep.formats}, source, "recipe_overrides")
+        _known([name], {f: 1 for f in used}, source, "recipe_overrides")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: recipe_overrides.{name} must map recipe keys to values")
         _check_recipe_keys(list(values), source, f"recipe_overrides.{name}")
@@ -290,10 +293,40 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     if not t.suite:
         raise ConfigError(f"{source}: tune.suite is required when tune.enabled is true")
     _known([t.suite], catalog.suites, source, "tune.suite")
+    if t.validation_suite is not None:
+        _known([t.validation_suite], catalog.suites, source, "tune.validation_suite")
+        if t.validation_suite == t.suite:
+            raise ConfigError(
+                f"{source}: tune.validation_suite must differ from tune.suite (a held-out check)"
+            )
     _check_choice(t.search, C.SEARCHES, source, "tune.search")
+    _check_choice(t.scheduler, C.SCHEDULERS, source, "tune.scheduler")
+    if t.rungs and t.limit is not None:
+        raise ConfigError(
+            f"{source}: set tune.rungs or tune.limit, not both (the last rung is the full budget)"
+        )
+    if any(r <= 0 for r in t.rungs) or list(t.rungs) != sorted(set(t.rungs)):
+        raise ConfigError(
+            f"{source}: tune.rungs must be strictly increasing positive sample counts, got {t.rungs}"
+        )
+    if t.scheduler == "asha" and len(t.rungs) < 2:
+        raise ConfigError(f"{source}: tune.scheduler 'asha' needs at least two tune.rungs")
+    if t.reduction_factor < 2:
+        raise ConfigError(f"{source}: tune.reduction_factor must be >= 2, got {t.reduction_factor}")
+    if t.num_samples < 1 or t.max_concurrent < 1:
+        raise ConfigError(f"{source}: tune.num_samples and tune.max_concurrent must be >= 1")
     if not t.space:
         raise ConfigError(f"{source}: tune.space must name at least one recipe key")
     _check_recipe_keys(list(t.space), source, "tune.space")
     for key, values in t.space.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{source}: tune.space.{key} must be a non-empty list of values")
+        for value in values:  # every value must make a valid recipe on its own
+            trial = copy.deepcopy(catalog.formats[t.format])
+            try:
+                merged = OmegaConf.structured(trial.recipe)
+                OmegaConf.update(merged, key, value, merge=False)
+                trial.recipe = OmegaConf.to_object(merged)  # type: ignore[assignment]
+            except OmegaConfBaseException as exc:
+                raise ConfigError(f"{source}: tune.space.{key}: {_describe(exc, C.RecipeConfig)}") from None
+            check_format(trial, f"{source} (tune.space.{key}={value})")

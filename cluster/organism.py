@@ -58,6 +58,7 @@ class OrganismSpec:
     outlier_scale: float = 16.0
     stop_accuracy: float = 0.99
     accuracy_target: float = 0.9
+    tasks_version: int = 2  # 2: adds the held-out validation tasks
 
     def key(self) -> str:
         """A short content hash of the spec."""
@@ -265,8 +266,7 @@ def build(
         tokenizer = tinymodel._train_tokenizer(tinymodel.corpus(random.Random(spec.seed), 4000), tiny)
         tinymodel._build_model(tiny, tokenizer, tmp / "model")
         report = train(tmp / "model", spec, log)
-        mc, gen = tinymodel._task_rows(random.Random(spec.seed + 1), tiny)
-        tinymodel._write_tasks(tmp / "tasks", mc, gen)
+        tinymodel.write_all_tasks(tmp / "tasks", tiny)
         tinymodel._write_jsonl(tmp / "calibration" / "instruct.jsonl", _calibration(spec))
         (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "training": report}, indent=2))
 

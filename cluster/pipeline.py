@@ -63,8 +63,8 @@ def check_tasks(sweep: SweepConfig, catalog: Catalog) -> None:
     from cluster.tinymodel import TASK_NAMES
 
     suites: set[str] = set(sweep.eval.suites if sweep.eval.enabled else [])
-    if sweep.tune.enabled and sweep.tune.suite:
-        suites.add(sweep.tune.suite)
+    if sweep.tune.enabled:
+        suites.update(s for s in (sweep.tune.suite, sweep.tune.validation_suite) if s)
     index: dict[str | None, set[str]] = {}
     for s in sorted(suites):
         suite = catalog.suites[s]

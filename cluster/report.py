@@ -95,17 +95,26 @@ def perf_table(rows: list[dict]) -> Table:
 def trials_table(rows: list[dict]) -> Table:
     """One line per tuning trial."""
     t = Table(title="Tuning trials (objective: recovery %)")
-    for col in ("trial", "params", "score", "recovery %", "status", "fallback"):
+    for col in ("trial", "params", "docs", "score", "recovery %", "per rung", "status", "fallback", "best"):
         t.add_column(col)
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"])
+        status = "stopped early" if r["stopped_early"] else r["status"]
+        best = ""
+        if r["is_best"]:
+            best = "best"
+            if r["validation_recovery_pct"] is not None:
+                best += f"; {r['validation_suite']} {r['validation_recovery_pct']:.2f}%"
         t.add_row(
             r["trial_id"],
             params,
+            str(r["budget"]),
             _num(r["score"]),
             _num(r["recovery_pct"]),
-            r["status"],
+            " ".join(f"{x:.1f}" for x in r["rung_recovery_pct"]),
+            status,
             str(len(r["rtn_fallback_modules"])),
+            best,
         )
     return t
 

@@ -141,13 +141,21 @@ TRIALS = _schema(
     pa.field("trial_id", pa.string(), nullable=False),
     pa.field("params", pa.map_(pa.string(), pa.string()), nullable=False),
     pa.field("suite", pa.string(), nullable=False),
+    pa.field("search", pa.string(), nullable=False),
+    pa.field("scheduler", pa.string(), nullable=False),
     pa.field("score", _F64),
     pa.field("baseline_score", _F64),
     pa.field("recovery_pct", _F64),
+    pa.field("rung_recovery_pct", pa.list_(_F64), nullable=False),  # one per report, in order
+    pa.field("budget", pa.int64()),  # documents scored when the trial ended
+    pa.field("stopped_early", pa.bool_(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("artifact_key", pa.string()),
     pa.field("rtn_fallback_modules", pa.list_(pa.string()), nullable=False),
     pa.field("wall_s", _F64),
+    pa.field("is_best", pa.bool_(), nullable=False),
+    pa.field("validation_suite", pa.string()),
+    pa.field("validation_recovery_pct", _F64),
 )
 
 SIMILARITY = _schema(

@@ -36,7 +36,9 @@ CHAT_TEMPLATE = (
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
-TASK_NAMES = ("qs_tiny_mc", "qs_tiny_gen")
+# The tuning tasks and a held-out pair with fresh documents (the validation suite `tiny_val`).
+TASK_NAMES = ("qs_tiny_mc", "qs_tiny_gen", "qs_tiny_mc_val", "qs_tiny_gen_val")
+VALIDATION_SEED_OFFSET = 6
 WORDS = (
     "alpha bravo cedar delta ember falcon garnet harbor iris juniper kestrel lumen maple nova onyx "
     "pine quartz raven sierra tulip umber violet willow xenon yarrow zephyr river stone cloud light"
@@ -58,6 +60,7 @@ class TinySpec:
     mc_docs: int = 48
     gen_docs: int = 24
     calibration_docs: int = 256
+    tasks_version: int = 2  # 2: adds the held-out validation tasks
 
     def key(self) -> str:
         """A short content hash of the spec."""
@@ -193,13 +196,19 @@ def _task_yaml(name: str, data_file: Path, body: dict) -> dict:
     }
 
 
-def _write_tasks(tasks_dir: Path, mc: list[dict], gen: list[dict]) -> None:
+def write_all_tasks(tasks_dir: Path, spec: TinySpec) -> None:
+    """The tuning tasks (seed + 1) and the held-out validation tasks (their own seed)."""
+    _write_tasks(tasks_dir, *_task_rows(random.Random(spec.seed + 1), spec))
+    _write_tasks(tasks_dir, *_task_rows(random.Random(spec.seed + VALIDATION_SEED_OFFSET), spec), "_val")
+
+
+def _write_tasks(tasks_dir: Path, mc: list[dict], gen: list[dict], suffix: str = "") -> None:
     """Write the two lm-eval task configs and their data (absolute paths, read by TaskManager)."""
-    mc_file, gen_file = tasks_dir / "qs_tiny_mc.jsonl", tasks_dir / "qs_tiny_gen.jsonl"
+    mc_file, gen_file = tasks_dir / f"qs_tiny_mc{suffix}.jsonl", tasks_dir / f"qs_tiny_gen{suffix}.jsonl"
     _write_jsonl(mc_file, mc)
     _write_jsonl(gen_file, gen)
     mc_task = _task_yaml(
-        "qs_tiny_mc",
+        f"qs_tiny_mc{suffix}",
         mc_file,
         {
             "output_type": "multiple_choice",
@@ -210,7 +219,7 @@ def _write_tasks(tasks_dir: Path, mc: list[dict], gen: list[dict]) -> None:
         },
     )
     gen_task = _task_yaml(
-        "qs_tiny_gen",
+        f"qs_tiny_gen{suffix}",
         gen_file,
         {
             "output_type": "generate_until",
@@ -269,8 +278,7 @@ def build(cache_dir: Path | str, spec: TinySpec | None = None) -> TinyAssets:
     def fill(tmp: Path) -> None:
         tokenizer = _train_tokenizer(corpus(random.Random(spec.seed), 4000), spec)
         _build_model(spec, tokenizer, tmp / "model")
-        mc, gen = _task_rows(random.Random(spec.seed + 1), spec)
-        _write_tasks(tmp / "tasks", mc, gen)
+        write_all_tasks(tmp / "tasks", spec)
         calib = corpus(random.Random(spec.seed + 2), spec.calibration_docs)
         _write_jsonl(tmp / "calibration" / "instruct.jsonl", [{"text": t} for t in calib])
         (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2))

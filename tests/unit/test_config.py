@@ -44,6 +44,15 @@ def test_shipped_sweeps_load(sweep):
     assert cfg.formats == ["bf16", "w8a8-fp", "w8a8-int", "w4a16-int"]
 
 
+@pytest.mark.parametrize("sweep", ["int8_recovery.yaml", "w4a16_recovery.yaml"])
+def test_shipped_tuning_sweeps_keep_the_tuning_validation_split(sweep):
+    cfg, cat = load_sweep(REPO / "sweeps" / sweep)
+    t = cfg.tune
+    assert t.enabled and (t.suite, t.validation_suite) == ("tiny", "tiny_val")
+    assert (t.search, t.scheduler) == ("tpe", "asha") and len(t.rungs) >= 2
+    assert cfg.models == ["organism"] and cat.formats[t.format].recipe.calibration.max_seq_length == 256
+
+
 def test_cli_overrides_merge_and_recipe_overrides_apply():
     cfg, cat = load_sweep(REPO / "sweeps" / "smoke.yaml", ["eval.actors=3", "serve.token_scale=0.5"])
     assert cfg.eval.actors == 3 and cfg.serve.token_scale == 0.5
@@ -62,6 +71,15 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
         (lambda d: d["serve"].update(host="0.0.0.0"), "serve.api_key is required"),
         (lambda d: d.pop("models"), "missing required key 'models'"),
         (lambda d: d["recipe_overrides"].update({"w4a16-int": {"dampening_frac": 2.0}}), "dampening_frac"),
+        (lambda d: d["tune"].update(space={"dampening_frac": [0.01, 2.0]}), "tune.space.dampening_frac=2.0"),
+        (lambda d: d["tune"].update(space={"block_size": ["big"]}), "tune.space.block_size"),
+        (lambda d: d["tune"].update(search="bayes"), "tune.search 'bayes' is not one of"),
+        (lambda d: d["tune"].update(scheduler="hyperband"), "tune.scheduler 'hyperband' is not one of"),
+        (lambda d: d["tune"].update(scheduler="asha"), "'asha' needs at least two tune.rungs"),
+        (lambda d: d["tune"].update(rungs=[50, 25]), "strictly increasing"),
+        (lambda d: d["tune"].update(rungs=[25, 50], limit=50), "set tune.rungs or tune.limit"),
+        (lambda d: d["tune"].update(validation_suite="tiny"), "must differ from tune.suite"),
+        (lambda d: d["tune"].update(validation_suite="nope"), "tune.validation_suite names unknown 'nope'"),
     ],
 )
 def test_bad_sweeps_name_the_problem(tmp_path, mutate, message):

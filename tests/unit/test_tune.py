@@ -1,0 +1,67 @@
+"""The tune stage's bookkeeping: per-document values, rung budgets, scores on matching documents."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cluster.config import SuiteConfig, TaskSpec, TuneStage
+from cluster.tune import apply_params, budgets, docs_of, docs_score, first_docs
+
+pytestmark = pytest.mark.unit
+SUITE = SuiteConfig(
+    name="s",
+    tasks=[TaskSpec(name="mc", metric="acc"), TaskSpec(name="gen", metric="exact_match,strip")],
+)
+
+
+def test_docs_of_reads_each_tasks_metric_and_only_its_filter():
+    out = {
+        "samples": {
+            "mc": [{"doc_id": 0, "acc": 1.0, "filter": "none"}, {"doc_id": 1, "acc": 0.0, "filter": "none"}],
+            "gen": [
+                {"doc_id": 0, "exact_match": 1.0, "filter": "strip"},
+                {"doc_id": 0, "exact_match": 0.0, "filter": "strict"},
+                {"doc_id": 3, "exact_match": 0.0, "filter": "strip"},
+            ],
+        }
+    }
+    assert docs_of(out, SUITE) == {"mc": {0: 1.0, 1: 0.0}, "gen": {0: 1.0, 3: 0.0}}
+
+
+def test_docs_score_is_the_suite_mean_of_task_means_on_the_chosen_documents():
+    docs = {"mc": {0: 1.0, 1: 0.0, 2: 1.0, 3: 1.0}, "gen": {0: 1.0, 1: 1.0, 2: 0.0, 3: 0.0}}
+    assert docs_score(SUITE, docs) == pytest.approx((75.0 + 50.0) / 2)
+    only = {"mc": {0: 0.0, 1: 0.0}, "gen": {0: 0.0, 1: 0.0}}
+    assert docs_score(SUITE, docs, only=only) == pytest.approx((50.0 + 100.0) / 2)
+    assert math.isnan(docs_score(SUITE, {"mc": {0: 1.0}, "gen": {}}))
+
+
+def test_rungs_add_only_new_documents_clipped_to_each_task():
+    sizes = {"mc": 40, "gen": 100}
+    assert first_docs(sizes, 0, 25) == {"mc": list(range(25)), "gen": list(range(25))}
+    assert first_docs(sizes, 25, 50) == {"mc": list(range(25, 40)), "gen": list(range(25, 50))}
+    assert first_docs(sizes, 50, 100) == {"mc": [], "gen": list(range(50, 100))}
+    assert first_docs(sizes, 0, None) == {"mc": list(range(40)), "gen": list(range(100))}
+
+
+def test_budgets_are_the_rungs_or_one_report_at_the_limit():
+    assert budgets(TuneStage(rungs=[25, 50, 100])) == [25, 50, 100]
+    assert budgets(TuneStage(limit=30)) == [30]
+    assert budgets(TuneStage()) == [None]
+
+
+def test_apply_params_sets_dotted_keys_on_a_copy():
+    from cluster.loader import load_catalog
+
+    recipe = load_catalog().formats["w8a8-int"].recipe
+    tuned = apply_params(
+        recipe, {"dampening_frac": 0.1, "calibration.num_samples": 16, "smoothquant_strength": None}
+    )
+    assert (tuned.dampening_frac, tuned.calibration.num_samples, tuned.smoothquant_strength) == (
+        0.1,
+        16,
+        None,
+    )
+    assert recipe.dampening_frac == 0.01 and recipe.calibration.num_samples == 512
