@@ -8,7 +8,6 @@ starts and before anything is written.
 from __future__ import annotations
 
 import copy
-
 import re
 from dataclasses import dataclass
 from pathlib import Path
