@@ -37,17 +37,18 @@ def plain(spec, include: str, seed: int) -> tuple[float, dict]:
     return time.perf_counter() - start, _metrics(out)
 
 
-def pool(spec, include: str, n: int, seed: int) -> tuple[float, dict]:
-    """The actor pool with n actors, start-up included."""
+def pool(spec, include: str, n: int, seed: int) -> tuple[float, float, dict]:
+    """The actor pool with n actors: total time (start-up included), start-up time, metrics."""
     from cluster.evalpool import ShardedLM, evaluate_suite, start_pool, stop_pool
 
     start = time.perf_counter()
     actors = start_pool(spec, n, 1, 0)
+    ready = time.perf_counter() - start
     try:
         out = evaluate_suite(ShardedLM(actors), [(t, None) for t in TASKS], include, None, False, False, seed)
     finally:
         stop_pool(actors)
-    return time.perf_counter() - start, _metrics(out)
+    return time.perf_counter() - start, ready, _metrics(out)
 
 
 def main() -> None:
@@ -71,12 +72,13 @@ def main() -> None:
     )
     spec, include = EngineSpec(model_path=str(assets.model_dir)), str(assets.tasks_dir)
     t_plain, m_plain = plain(spec, include, 1234)
-    t1, m1 = pool(spec, include, 1, 1234)
-    t2, m2 = pool(spec, include, 2, 1234)
+    t1, s1, m1 = pool(spec, include, 1, 1234)
+    t2, s2, m2 = pool(spec, include, 2, 1234)
     print(f"tasks: {TASKS} ({args.mc_docs} multiple-choice docs x 4 choices, {args.gen_docs} generations)")
     print(f"plain lm-eval (vllm backend): {t_plain:7.1f}s")
-    print(f"actor pool, 1 actor:          {t1:7.1f}s")
-    print(f"actor pool, 2 actors:         {t2:7.1f}s")
+    print(f"actor pool, 1 actor:          {t1:7.1f}s (engine start {s1:.1f}s, evaluation {t1 - s1:.1f}s)")
+    print(f"actor pool, 2 actors:         {t2:7.1f}s (engine start {s2:.1f}s, evaluation {t2 - s2:.1f}s)")
+    print(f"evaluation-only speed-up 2 actors / 1 actor: {(t1 - s1) / (t2 - s2):.2f}x")
     print(f"speed-up 2 actors / plain lm-eval: {t_plain / t2:.2f}x")
     print(f"speed-up 2 actors / 1 actor:       {t1 / t2:.2f}x")
     print(f"metrics identical (plain, 1, 2): {m_plain == m1 == m2}")
