@@ -94,7 +94,7 @@ def probe(
         )
         out = llm.generate([PROBE_PROMPT], SamplingParams(temperature=0.0, max_tokens=8, logprobs=1))[0]
         gen = out.outputs[0]
-        logprobs = [lp[t].logprob for t, lp in zip(gen.token_ids, gen.logprobs or [], strict=False)]
+        logprobs = [lp[t].logprob for t, lp in zip(gen.token_ids, gen.logprobs or [], strict=False) if lp]
         if not gen.token_ids:
             raise RuntimeError("the engine generated no tokens")
         if not all(math.isfinite(x) for x in logprobs):
@@ -162,8 +162,9 @@ def check_all(
             name, detail = verdict(
                 config_mismatches(recipe, meta["path"]), meta.get("rtn_fallback_modules") or [], result
             )
-            records[i] = {"health": name, "detail": detail, "probe": result, "vllm": vllm_version}
+            record = {"health": name, "detail": detail, "probe": result, "vllm": vllm_version}
             if result is not None:
-                write(meta["path"], records[i])
+                write(meta["path"], record)
+            records[i] = record
         out.append(records[i])
     return out  # type: ignore[return-value]

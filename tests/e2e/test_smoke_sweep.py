@@ -18,8 +18,9 @@ FORMATS = {"bf16", "w8a8-fp", "w8a8-int", "w4a16-int"}
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, organism_assets):
     out = tmp_path_factory.mktemp("smoke")
+    (out / "cache").symlink_to(organism_assets.root.parent)  # the organism is built once per session
     proc = subprocess.run(
         [sys.executable, "-m", "cluster", "run", "sweeps/smoke.yaml", f"output_root={out}"],
         cwd=REPO,
@@ -52,7 +53,7 @@ def test_each_format_was_quantized_and_evaluated_in_vllm(smoke):
     samples = [r for r in _rows(out, "eval_samples") if r["task"] == "qs_tiny_gen"]
     for f in FORMATS:
         mine = [r for r in samples if r["format"] == f]
-        assert len(mine) == len({r["doc_id"] for r in mine}) == 24
+        assert len(mine) == len({r["doc_id"] for r in mine}) == 50
         assert all(isinstance(json.loads(r["response"])[0], str) for r in mine)
 
 
@@ -124,7 +125,7 @@ def test_recovery_carries_a_bootstrap_interval_and_flips(smoke):
 
 def test_lm_eval_results_json_written_per_checkpoint(smoke):
     out, _ = smoke
-    files = sorted((out / "results" / "smoke" / "tiny-llama").glob("*/tiny.json"))
+    files = sorted((out / "results" / "smoke" / "organism").glob("*/tiny.json"))
     assert {p.parent.name for p in files} == FORMATS
     body = json.loads(files[0].read_text())
     assert set(body["results"]) == {"qs_tiny_mc", "qs_tiny_gen"} and body["config"]["actors"] == 2

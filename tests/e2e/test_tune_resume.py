@@ -24,7 +24,7 @@ from cluster.recipes import load_recipe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-TRIALS = 3
+TRIALS = 2
 
 
 def _command(out: Path) -> list[str]:
@@ -60,8 +60,9 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory):
+def resumed(tmp_path_factory, organism_assets):
     out = tmp_path_factory.mktemp("int8")
+    (out / "cache").symlink_to(organism_assets.root.parent)  # the organism is built once per session
     log = (out / "first.log").open("w")
     first = subprocess.Popen(
         _command(out), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

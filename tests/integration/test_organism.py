@@ -55,9 +55,9 @@ def _mean(scores: dict[str, float]) -> float:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The organism, built once for the module."""
-    return organism.build(tmp_path_factory.mktemp("organism"))
+def built(organism_assets):
+    """The organism, built once for the session."""
+    return organism_assets
 
 
 @pytest.fixture(scope="module")
