@@ -73,6 +73,7 @@ class ModelConfig:
     hub_id: str | None = None
     path: str | None = None  # a local checkpoint directory (wins over hub_id)
     builder: str | None = None  # built by quantsweep itself (tiny-llama, organism)
+    builder_args: dict[str, Any] = field(default_factory=dict)  # builder spec fields, e.g. mc_docs
     params_b: float = MISSING  # parameters, billions
     max_model_len: int = 4096
     instruct_dataset: str | None = None  # calibration data for source=instruct (hub id)

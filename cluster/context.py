@@ -83,8 +83,10 @@ def resolve_models(sweep: SweepConfig, catalog: Catalog, root: Path) -> dict[str
         elif cfg.builder in ("tiny-llama", "organism"):
             from cluster import organism, tinymodel
 
-            build = tinymodel.build if cfg.builder == "tiny-llama" else organism.build
-            assets = build(root / "cache")
+            if cfg.builder == "tiny-llama":
+                assets = tinymodel.build(root / "cache", tinymodel.TinySpec(**cfg.builder_args))
+            else:
+                assets = organism.build(root / "cache", organism.OrganismSpec(**cfg.builder_args))
             out[name] = ResolvedModel(
                 cfg,
                 str(assets.model_dir),

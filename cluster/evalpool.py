@@ -231,11 +231,23 @@ def stop_pool(actors: list[Any]) -> None:
         ray.kill(actor)
 
 
+_MANAGERS: dict[tuple[str | None, str], Any] = {}
+
+
 def task_manager(include_path: str | None, metadata: dict[str, Any] | None = None):
-    """lm-eval's TaskManager, with the local task directory when the suite has one."""
+    """lm-eval's TaskManager, with the local task directory when the suite has one.
+
+    Indexing lm-eval's thousands of task files takes seconds, so each process keeps one manager per
+    (include path, metadata): a tuning trial scores several rungs with the same tasks.
+    """
+    import json
+
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path, metadata=metadata or None)
+    key = (include_path, json.dumps(metadata or {}, sort_keys=True, default=str))
+    if key not in _MANAGERS:
+        _MANAGERS[key] = TaskManager(include_path=include_path, metadata=metadata or None)
+    return _MANAGERS[key]
 
 
 def evaluate_suite(

@@ -254,12 +254,32 @@ def check_sweep(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
             )
     for name in sweep.models:
         model = catalog.models[name]
+        _check_builder_args(model, source)
         if model.path and not model.builder and name not in sweep.model_paths:
             if not (Path(model.path) / "config.json").is_file():
                 raise ConfigError(
                     f"model '{name}': path '{model.path}' is not a model directory (no config.json)"
                 )
     _check_stages(sweep, catalog, source)
+
+
+def _check_builder_args(model: C.ModelConfig, source: str) -> None:
+    """builder_args may only name fields of the builder's spec."""
+    if not model.builder_args:
+        return
+    from dataclasses import fields
+
+    from cluster.organism import OrganismSpec
+    from cluster.tinymodel import TinySpec
+
+    spec = {"tiny-llama": TinySpec, "organism": OrganismSpec}.get(model.builder or "")
+    if spec is None:
+        raise ConfigError(f"{source}: model '{model.name}' has builder_args but no builder")
+    unknown = sorted(set(model.builder_args) - {f.name for f in fields(spec)})
+    if unknown:
+        raise ConfigError(
+            f"{source}: model '{model.name}': builder_args {unknown} are not {spec.__name__} fields"
+        )
 
 
 def _check_stages(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:

@@ -151,8 +151,10 @@ def trainable(config: dict[str, Any], setup: dict[str, Any]) -> None:
         setup["identity"],
     )
     meta = run_quantize(job)
+    quantized = time.perf_counter()
     suite, include, seed, base = setup["suite"], setup["include_path"], setup["seed"], setup["baseline"]
     lm = open_lm(meta["path"], setup["max_model_len"], seed, setup["cpu_only"], setup["tp"])
+    loaded = time.perf_counter()
     docs: Docs = {t.name: {} for t in suite.tasks}
     previous = 0
     for rung, budget in enumerate(setup["budgets"], start=1):
@@ -170,6 +172,9 @@ def trainable(config: dict[str, Any], setup: dict[str, Any]) -> None:
                 "artifact_key": meta["key"],
                 "rtn_fallback_modules": meta["rtn_fallback_modules"],
                 "wall_s": time.perf_counter() - start,
+                "quantize_s": quantized - start,
+                "engine_start_s": loaded - quantized,
+                "eval_s": time.perf_counter() - loaded,
             }
         )
         previous = budget or 0
