@@ -32,3 +32,25 @@ def test_ray_serve_and_bare_vllm_serve_share_one_cpu_engine_env():
 
     env = cpu_engine_env(EngineConfig(cpu_kv_cache_gib=3))
     assert env["VLLM_TARGET_DEVICE"] == "cpu" and env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+
+
+def test_fixed_replicas_map_to_num_replicas():
+    from serve.app import deployment_config
+
+    spec = ServeSpec([ServedModel("m", "/ckpt")], EngineConfig(), cpu_only=True, replicas=2)
+    assert deployment_config(spec) == {"num_replicas": 2}
+
+
+def test_autoscaling_maps_to_a_ray_serve_autoscaling_config():
+    from ray.serve.config import AutoscalingConfig as RayAutoscaling
+
+    from cluster.config import AutoscalingConfig
+    from serve.app import deployment_config
+
+    scaling = AutoscalingConfig(min_replicas=1, max_replicas=3, target_ongoing_requests=4, upscale_delay_s=5)
+    spec = ServeSpec([ServedModel("m", "/ckpt")], EngineConfig(), cpu_only=True, autoscaling=scaling)
+    cfg = deployment_config(spec)
+    assert set(cfg) == {"autoscaling_config"}  # Ray Serve refuses num_replicas beside autoscaling
+    ray_cfg = RayAutoscaling(**cfg["autoscaling_config"])  # Ray's own schema accepts every key
+    assert (ray_cfg.min_replicas, ray_cfg.max_replicas, ray_cfg.target_ongoing_requests) == (1, 3, 4.0)
+    assert (ray_cfg.upscale_delay_s, ray_cfg.downscale_delay_s) == (5.0, 600.0)
