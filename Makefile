@@ -10,7 +10,10 @@ TORCH_LINKS ?= /opt/wheels
 UV_FLAGS    := --python $(BIN)/python -f $(TORCH_LINKS) --index-strategy unsafe-best-match
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint lock bench clean
+TOOLS       := .venv-tools
+GUIDELLM    ?= guidellm==0.8.1
+
+.PHONY: demo test test-fast lint lock bench tools clean
 
 $(STAMP): $(LOCK) requirements/overrides.txt requirements/excludes.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +44,15 @@ lock:
 
 bench: $(STAMP)
 	$(BIN)/python bench/plan_latency.py
+
+# Dev tools the benchmarks compare against, in their own venv so they never touch the project's pins
+# (GuideLLM would otherwise pull a CUDA torch: pin the CPU wheel from the find-links dir).
+tools: $(TOOLS)/bin/guidellm
+
+$(TOOLS)/bin/guidellm: $(STAMP)
+	$(BIN)/uv venv --python $(PY) $(TOOLS)
+	$(BIN)/uv pip install --python $(TOOLS)/bin/python -f $(TORCH_LINKS) --index-strategy unsafe-best-match \
+	  $(GUIDELLM) torch==2.13.0+cpu
 
 clean:
 	rm -rf runs .pytest_cache

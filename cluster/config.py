@@ -144,6 +144,17 @@ class EngineConfig:
 
 
 @dataclass
+class AutoscalingConfig:
+    """Ray Serve autoscaling of each model's replicas (passed as the deployment's `autoscaling_config`)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 2.0  # per replica; Ray Serve adds replicas above it
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+
+
+@dataclass
 class QuantizeStage:
     """Resources for each quantization task."""
 
@@ -211,7 +222,8 @@ class ServeStage:
     async_max_requests: int = 64
     warmup_requests: int = 1
     request_timeout_s: float = 120.0
-    replicas: int = 1
+    replicas: int = 1  # fixed replica count; ignored (must stay 1) when autoscaling is set
+    autoscaling: AutoscalingConfig | None = None  # None: `replicas` fixed replicas
     cpus_per_replica: float = 1
     host: str = "127.0.0.1"
     port: int = 8000

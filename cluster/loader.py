@@ -301,8 +301,39 @@ def _check_stages(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
             raise ConfigError(f"{source}: serve.token_scale must be positive")
         if sweep.serve.host not in ("127.0.0.1", "localhost", "::1") and not sweep.serve.api_key:
             raise ConfigError(f"{source}: serve.api_key is required when serve.host is '{sweep.serve.host}'")
+        _check_autoscaling(sweep.serve, source)
     if sweep.tune.enabled:
         _check_tune(sweep, catalog, source)
+
+
+def _check_autoscaling(sv: C.ServeStage, source: str) -> None:
+    """Replica bounds Ray Serve accepts: 0 <= min <= max, max >= 1, a positive target, no fixed count."""
+    a = sv.autoscaling
+    if a is None:
+        if sv.replicas < 1:
+            raise ConfigError(f"{source}: serve.replicas must be >= 1, got {sv.replicas}")
+        return
+    key = f"{source}: serve.autoscaling"
+    if a.min_replicas < 0 or a.max_replicas < 1:
+        raise ConfigError(
+            f"{key}: min_replicas must be >= 0 and max_replicas >= 1, got {a.min_replicas}, {a.max_replicas}"
+        )
+    if a.min_replicas > a.max_replicas:
+        raise ConfigError(
+            f"{key}: min_replicas ({a.min_replicas}) must not exceed max_replicas ({a.max_replicas})"
+        )
+    if a.target_ongoing_requests <= 0:
+        raise ConfigError(f"{key}.target_ongoing_requests must be > 0, got {a.target_ongoing_requests}")
+    if a.upscale_delay_s < 0 or a.downscale_delay_s < 0:
+        raise ConfigError(
+            f"{key}: upscale_delay_s and downscale_delay_s must be >= 0, "
+            f"got {a.upscale_delay_s}, {a.downscale_delay_s}"
+        )
+    if sv.replicas != 1:
+        raise ConfigError(
+            f"{source}: serve.replicas ({sv.replicas}) conflicts with serve.autoscaling: "
+            "the replica count comes from autoscaling.min_replicas/max_replicas (drop one of them)"
+        )
 
 
 def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:

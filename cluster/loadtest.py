@@ -209,11 +209,13 @@ def _serve_model(ctx, m: str) -> tuple[list[dict], list[dict]]:
         engine=sv.engine,
         cpu_only=ctx.cpu_only,
         replicas=sv.replicas,
+        autoscaling=sv.autoscaling,
         cpus_per_replica=sv.cpus_per_replica,
         host=sv.host,
         port=sv.port,
         api_key=sv.api_key,
     )
+    deployment = json.dumps(app.deployment_config(spec), sort_keys=True)
     tok = AutoTokenizer.from_pretrained(ctx.models[m].path)
     perf, reqs = [], []
     base_url = app.start(spec) if live else ""
@@ -240,6 +242,7 @@ def _serve_model(ctx, m: str) -> tuple[list[dict], list[dict]]:
                     "prompt_tokens": pt,
                     "output_tokens": ot,
                     "engine_args": engine,
+                    "deployment_config": deployment,
                 }
                 why = reason or (
                     "" if pt + ot <= sv.engine.max_model_len else f"{pt}+{ot} tokens exceed max_model_len"

@@ -135,6 +135,7 @@ PERF = _schema(
     pa.field("loadgen_capacity_rps", _F64),
     pa.field("client_bound", pa.bool_(), nullable=False),
     pa.field("engine_args", pa.string(), nullable=False),
+    pa.field("deployment_config", pa.string(), nullable=False),  # Ray Serve replicas / autoscaling
 )
 
 TRIALS = _schema(

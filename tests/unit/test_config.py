@@ -69,6 +69,21 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
         (lambda d: d.update(model_paths={"organism": "/nonexistent/model"}), "not a model directory"),
         (lambda d: d["tune"].update(space={"dampening": [0.1]}), "tune.space key 'dampening'"),
         (lambda d: d["serve"].update(host="0.0.0.0"), "serve.api_key is required"),
+        (
+            lambda d: d["serve"].update(autoscaling={"min_replicas": 3, "max_replicas": 2}),
+            "serve.autoscaling: min_replicas (3) must not exceed max_replicas (2)",
+        ),
+        (
+            lambda d: d["serve"].update(autoscaling={"max_replicas": 0}),
+            "min_replicas must be >= 0 and max_replicas >= 1, got 1, 0",
+        ),
+        (
+            lambda d: d["serve"].update(autoscaling={"target_ongoing_requests": 0}),
+            "serve.autoscaling.target_ongoing_requests must be > 0",
+        ),
+        (lambda d: d["serve"].update(autoscaling={"max_replicas": 2}, replicas=3), "conflicts with serve"),
+        (lambda d: d["serve"].update(autoscaling={"max_replica": 2}), "serve.autoscaling.max_replica"),
+        (lambda d: d["serve"].update(replicas=0), "serve.replicas must be >= 1"),
         (lambda d: d.pop("models"), "missing required key 'models'"),
         (lambda d: d["recipe_overrides"].update({"w4a16-int": {"dampening_frac": 2.0}}), "dampening_frac"),
         (lambda d: d["tune"].update(space={"dampening_frac": [0.01, 2.0]}), "tune.space.dampening_frac=2.0"),
@@ -172,6 +187,36 @@ def test_unknown_lm_eval_task_is_a_config_error_before_anything_is_written(tmp_p
     assert proc.returncode == 2
     assert "unknown lm-eval task 'hellaswagg'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_autoscaling_loads_from_yaml_and_cli_and_defaults_to_fixed_replicas(tmp_path):
+    sweep, _ = load_sweep(REPO / "sweeps" / "smoke.yaml")
+    assert sweep.serve.autoscaling is None and sweep.serve.replicas == 1
+    data = _smoke()
+    data["serve"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 4}
+    sweep, _ = load_sweep(_write(tmp_path, data), ["serve.autoscaling.target_ongoing_requests=8"])
+    a = sweep.serve.autoscaling
+    assert (a.min_replicas, a.max_replicas, a.target_ongoing_requests) == (1, 4, 8.0)
+
+
+def test_cli_bad_autoscaling_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cluster",
+            "plan",
+            "sweeps/smoke.yaml",
+            "serve.autoscaling.min_replicas=5",
+            "serve.autoscaling.max_replicas=2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "serve.autoscaling: min_replicas (5) must not exceed max_replicas (2)" in proc.stderr
 
 
 def test_a_minimal_sweep_needs_only_name_models_formats(tmp_path):

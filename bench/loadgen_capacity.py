@@ -1,0 +1,250 @@
+"""Benchmark: the most streamed requests/s our load generator sustains, vs `vllm bench serve` and GuideLLM.
+
+All three drive the same null server (serve.nullserver: instant answers, 16 streamed output tokens,
+32-token prompts), started in this process; each client runs in its own process, so none shares
+the server's interpreter. Each tool is offered the same ladder of rates, `--seconds` worth of
+requests per step. A step is sustained when no request failed and completed / (last response end -
+first request sent) >= 90 % of the offered rate. A tool's maximum sustained rate is that achieved
+rate (at most the offered one) at its highest sustained step; its ladder stops at the first miss.
+Ours and GuideLLM send at a constant rate; `vllm bench serve` has no constant mode, so it gets gamma
+arrivals with burstiness 1000 (inter-arrival CV ~3 %). GuideLLM runs its ladder in one process (its
+steps after a miss are ignored). Prints every step, each tool's maximum, ours/vllm and
+ours/guidellm, and whether the goal (ours >= 2x the better one) is met.
+Usage: .venv/bin/python bench/loadgen_capacity.py [--guidellm .venv-tools/bin/guidellm] [--rates 100,200]
+(`make tools` installs GuideLLM into .venv-tools.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SUSTAINED = 0.9
+PROMPT_TOKENS, OUTPUT_TOKENS = 32, 16
+MODEL = "null-model"
+GOAL = 2.0
+
+
+@dataclass
+class Step:
+    """One offered rate and what a tool made of it."""
+
+    offered: float
+    completed: int
+    failed: int
+    span_s: float
+    note: str = ""
+
+    @property
+    def achieved(self) -> float:
+        return self.completed / self.span_s if self.span_s > 0 else 0.0
+
+    @property
+    def sustained(self) -> bool:
+        return self.failed == 0 and self.completed > 0 and self.achieved >= SUSTAINED * self.offered
+
+
+def _span(starts: list[float], ends: list[float]) -> float:
+    return max(ends) - min(starts) if starts and ends else 0.0
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def worker(url: str, rate: float, n: int) -> None:
+    """Child process: our generator at a constant `rate` for `n` requests; prints one JSON line."""
+    from serve import loadgen
+
+    prompts = loadgen.make_prompts(512, PROMPT_TOKENS, 256, seed=0)
+    recs = loadgen.run_constant(
+        url, MODEL, prompts, OUTPUT_TOKENS, rate=rate, duration_s=n / rate, max_requests=n, timeout_s=30
+    )
+    ok = [r for r in recs if r.ok]
+    ends = [r.send_time + (r.end_s or 0.0) for r in recs]
+    print(
+        json.dumps(
+            {
+                "completed": len(ok),
+                "failed": len(recs) - len(ok),
+                "span": _span([r.send_time for r in recs], ends),
+            }
+        )
+    )
+
+
+def ours_step(url: str, rate: float, n: int) -> Step:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", url, str(rate), str(n)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    if proc.returncode:
+        return Step(rate, 0, n, 0.0, f"exit {proc.returncode}: {proc.stderr[-200:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Step(rate, out["completed"], out["failed"], out["span"])
+
+
+def vllm_step(url: str, tokenizer: str, out_dir: Path, rate: float, n: int) -> Step:
+    name = f"vllm-{rate:g}.json"
+    cmd = [sys.executable, "-m", "serve.vllm_cli", "bench", "serve", "--backend", "openai"]
+    cmd += ["--base-url", url, "--model", MODEL, "--tokenizer", tokenizer, "--dataset-name", "random"]
+    cmd += ["--random-input-len", str(PROMPT_TOKENS), "--random-output-len", str(OUTPUT_TOKENS)]
+    cmd += ["--ignore-eos", "--request-rate", str(rate), "--burstiness", "1000", "--num-prompts", str(n)]
+    cmd += ["--save-result", "--save-detailed", "--result-dir", str(out_dir), "--result-filename", name]
+    proc = subprocess.run(cmd + ["--disable-tqdm"], capture_output=True, text=True, env=_env(), timeout=300)
+    path = out_dir / name
+    if proc.returncode or not path.is_file():
+        return Step(rate, 0, n, 0.0, f"exit {proc.returncode}: {proc.stderr[-200:]}")
+    res = json.loads(path.read_text())
+    ok = [i for i, e in enumerate(res["errors"]) if not e]
+    starts = res["start_times"]  # perf_counter seconds, same clock as latencies
+    ends = [starts[i] + res["latencies"][i] for i in ok]
+    return Step(rate, res["completed"], res["failed"], _span(starts, ends))
+
+
+def guidellm_ladder(
+    exe: str, url: str, tokenizer: str, out_dir: Path, rates: list[float], seconds: float
+) -> list[Step]:
+    """All rates in one GuideLLM run (a scenario file: its CLI's kind=... lists cannot carry commas)."""
+    counts = [max(1, round(r * seconds)) for r in rates]
+    result = out_dir / "guidellm.json"
+    scenario = {
+        "spec": {
+            "backend": {
+                "kind": "openai_http",
+                "target": url,
+                "model": MODEL,
+                "request_format": "/v1/completions",
+                "validate_backend": False,  # the null server has no /health
+            },
+            "profile": {"kind": "constant", "rate": rates},
+            "data": [
+                {"kind": "synthetic_text", "prompt_tokens": PROMPT_TOKENS, "output_tokens": OUTPUT_TOKENS}
+            ],
+            "tokenizer": {"kind": "huggingface_auto", "model": tokenizer},
+            "constraints": [
+                {"kind": "max_requests", "count": counts},
+                {"kind": "max_duration", "seconds": 3 * seconds},
+            ],
+            "outputs": [{"kind": "json", "path": str(result)}],
+        }
+    }
+    path = out_dir / "guidellm-scenario.json"
+    path.write_text(json.dumps(scenario))
+    cmd = [exe, "run", "--scenario", str(path), "--disable-console-interactive"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
+    if proc.returncode or not result.is_file():
+        return [
+            Step(r, 0, n, 0.0, f"exit {proc.returncode}: {proc.stderr[-200:]}")
+            for r, n in zip(rates, counts, strict=True)
+        ]
+    steps = []
+    for bench in json.loads(result.read_text())["benchmarks"]:
+        reqs = [r for kind in ("successful", "errored", "incomplete") for r in bench["requests"][kind]]
+        state = bench["scheduler_state"]
+        starts = [r["request_start_time"] for r in reqs if r.get("request_start_time")]
+        ends = [r["request_end_time"] for r in bench["requests"]["successful"]]
+        failed = state["errored_requests"] + state["cancelled_requests"]
+        steps.append(
+            Step(
+                bench["config"]["strategy"]["rate"], state["successful_requests"], failed, _span(starts, ends)
+            )
+        )
+    return steps
+
+
+def climb(step: Callable[[float, int], Step], rates: list[float], seconds: float) -> list[Step]:
+    """Offer each rate in turn; stop after the first one not sustained."""
+    steps = []
+    for rate in rates:
+        steps.append(step(rate, max(1, round(rate * seconds))))
+        if not steps[-1].sustained:
+            break
+    return steps
+
+
+def best(steps: list[Step]) -> float:
+    """Achieved rate at the highest sustained step before the first miss, at most the rate offered."""
+    top = 0.0
+    for s in steps:
+        if not s.sustained:
+            break
+        # A tool that dispatches its first requests late (GuideLLM) finishes the step in a shorter
+        # span and "achieves" more than it was offered; the rate it sustained is still the offered one.
+        top = min(s.achieved, s.offered)
+    return top
+
+
+def report(results: dict[str, list[Step]], walls: dict[str, float], rates: list[float]) -> None:
+    print(f"{'tool':<18}{'offered/s':>10}{'done':>7}{'failed':>7}{'achieved/s':>12}  sustained")
+    for tool, steps in results.items():
+        for s in steps:
+            print(
+                f"{tool:<18}{s.offered:>10.0f}{s.completed:>7}{s.failed:>7}{s.achieved:>12.1f}  "
+                f"{'yes' if s.sustained else 'no'} {s.note}"
+            )
+    tops = {tool: best(steps) for tool, steps in results.items()}
+    for tool, top in tops.items():
+        capped = all(s.sustained for s in results[tool]) and len(results[tool]) == len(rates)
+        print(
+            f"max sustained {tool}: {top:.1f} req/s{' (ladder top: at least)' if capped else ''} "
+            f"[{walls[tool]:.0f} s]"
+        )
+    ours = tops["ours"]
+    for tool in ("vllm bench serve", "guidellm"):
+        ratio = ours / tops[tool] if tops[tool] else float("inf")
+        print(f"ratio ours / {tool}: {ratio:.2f}x")
+    better = max(("vllm bench serve", "guidellm"), key=lambda t: tops[t])
+    met = tops[better] > 0 and ours >= GOAL * tops[better]
+    print(f"goal >= {GOAL:g}x the better one ({better}): {'met' if met else 'not met'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guidellm", default=str(REPO / ".venv-tools" / "bin" / "guidellm"))
+    parser.add_argument("--rates", default="200,400,600,800,1200,1600", help="offered req/s, ascending")
+    parser.add_argument("--seconds", type=float, default=3.0, help="requests per step = rate x seconds")
+    parser.add_argument("--worker", nargs=3, metavar=("URL", "RATE", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker[0], float(args.worker[1]), int(args.worker[2]))
+        return
+    if not Path(args.guidellm).is_file():
+        sys.exit(f"error: GuideLLM not found at {args.guidellm} (run `make tools` or pass --guidellm PATH)")
+    from cluster import tinymodel
+    from serve.nullserver import null_server
+
+    rates = [float(r) for r in args.rates.split(",")]
+    tokenizer = str(tinymodel.build(Path(tempfile.gettempdir()) / "qs-bench-cache").model_dir)
+    results: dict[str, list[Step]] = {}
+    walls: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, null_server() as url:
+        out = Path(tmp)
+        runs: dict[str, Callable[[], list[Step]]] = {
+            "ours": lambda: climb(lambda r, n: ours_step(url, r, n), rates, args.seconds),
+            "vllm bench serve": lambda: climb(
+                lambda r, n: vllm_step(url, tokenizer, out, r, n), rates, args.seconds
+            ),
+            "guidellm": lambda: guidellm_ladder(args.guidellm, url, tokenizer, out, rates, args.seconds),
+        }
+        for tool, run in runs.items():
+            t0 = time.monotonic()
+            results[tool] = run()
+            walls[tool] = time.monotonic() - t0
+    report(results, walls, rates)
+
+
+if __name__ == "__main__":
+    main()
