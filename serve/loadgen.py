@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import httpx
+import aiohttp
 
 from serve.records import RequestRecord
 
@@ -80,11 +80,11 @@ def completion_payload(model: str, prompt: list[int], max_tokens: int) -> dict[s
     }
 
 
-def sse_data(line: str) -> str | None:
+def sse_data(line: bytes) -> bytes | None:
     """The payload of an SSE `data:` line, or None for blank lines, comments and other fields."""
-    if not line.startswith("data:"):
+    if not line.startswith(b"data:"):
         return None
-    return line[len("data:") :].strip()
+    return line[len(b"data:") :].strip()
 
 
 def _chunk_has_text(event: dict[str, Any]) -> bool:
@@ -95,55 +95,65 @@ def _chunk_has_text(event: dict[str, Any]) -> bool:
     return any(isinstance(c, dict) and c.get("text") for c in choices)
 
 
+def _read_event(data: bytes, rec: RequestRecord, now: float) -> dict[str, Any] | None:
+    """Record one stream event's chunk time if it carries text; return its `usage`, if any."""
+    event = json.loads(data)
+    if not isinstance(event, dict):
+        raise StreamError(f"stream event is not an object: {data[:200]!r}")
+    if event.get("error"):
+        raise StreamError(f"error in stream: {event['error']!s:.300}")
+    # Chunks with empty text (detokenizer holding back a partial character) are invisible
+    # to a reader, so they do not count as a first token or an inter-token gap.
+    if _chunk_has_text(event):
+        rec.chunk_s.append(now)
+    usage = event.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
 async def _stream_into(
-    client: httpx.AsyncClient, target: Target, prompt: list[int], rec: RequestRecord, t0: float
+    session: aiohttp.ClientSession, target: Target, prompt: list[int], rec: RequestRecord, t0: float
 ) -> None:
     """Send one request and fill `rec` with chunk times and token counts; raise on any fault."""
     payload = completion_payload(target.model, prompt, target.max_tokens)
     usage: dict[str, Any] = {}
-    done = False
-    async with client.stream("POST", target.url, json=payload, headers=target.headers) as resp:
-        if resp.status_code >= 400:
-            body = (await resp.aread()).decode(errors="replace")
-            raise StreamError(f"HTTP {resp.status_code}: {body[:300]}")
-        async for line in resp.aiter_lines():
+    end: float | None = None
+    async with session.post(target.url, json=payload, headers=target.headers) as resp:
+        if resp.status >= 400:
+            body = (await resp.read()).decode(errors="replace")
+            raise StreamError(f"HTTP {resp.status}: {body[:300]}")
+        tail = b""
+        # Whole network reads, not lines: one await per read instead of one per line. The stream is
+        # read to its end even after [DONE], so the connection goes back to the pool for reuse.
+        async for piece in resp.content.iter_any():
             now = time.perf_counter() - t0  # stamp before parsing, so parsing cost is not latency
-            data = sse_data(line)
-            if data is None:
-                continue
-            if data == "[DONE]":
-                done = True
-                break
-            event = json.loads(data)
-            if not isinstance(event, dict):
-                raise StreamError(f"stream event is not an object: {data[:200]}")
-            if event.get("error"):
-                raise StreamError(f"error in stream: {event['error']!s:.300}")
-            # Chunks with empty text (detokenizer holding back a partial character) are invisible
-            # to a reader, so they do not count as a first token or an inter-token gap.
-            if _chunk_has_text(event):
-                rec.chunk_s.append(now)
-            if isinstance(event.get("usage"), dict):
-                usage = event["usage"]
-    if not done:
+            *lines, tail = (tail + piece).split(b"\n")
+            for line in lines:
+                data = sse_data(line)
+                if data is None or end is not None:
+                    continue
+                if data == b"[DONE]":
+                    end = now
+                elif (u := _read_event(data, rec, now)) is not None:
+                    usage = u
+    if end is None:
         raise StreamError("stream ended without 'data: [DONE]'")
-    rec.end_s = time.perf_counter() - t0
+    rec.end_s = end
     rec.first_token_s = rec.chunk_s[0] if rec.chunk_s else None
     rec.output_tokens = int(usage.get("completion_tokens") or len(rec.chunk_s))
     rec.prompt_tokens = int(usage.get("prompt_tokens") or len(prompt))
 
 
 async def _send(
-    client: httpx.AsyncClient, target: Target, prompt: list[int], rec: RequestRecord
+    session: aiohttp.ClientSession, target: Target, prompt: list[int], rec: RequestRecord
 ) -> RequestRecord:
     """Send one request and return its record; every failure becomes status='error', never an exception."""
     rec.prompt_tokens = len(prompt)
     rec.send_time = time.time()
     t0 = time.perf_counter()
     try:
-        # httpx's timeout is per read; this deadline bounds the whole request, stream included.
+        # One deadline bounds the whole request, stream included (the session sets none of its own).
         async with asyncio.timeout(target.timeout_s):
-            await _stream_into(client, target, prompt, rec, t0)
+            await _stream_into(session, target, prompt, rec, t0)
     except TimeoutError:
         _mark_failed(rec, f"timeout after {target.timeout_s}s", t0)
     except Exception as exc:  # connection errors, HTTP errors, malformed JSON: all are data, not crashes
@@ -170,12 +180,13 @@ def _target(base_url: str, model: str, max_tokens: int, api_key: str | None, tim
     return Target(base + COMPLETIONS_PATH, model, headers, max_tokens, timeout_s)
 
 
-def _client(max_connections: int | None, timeout_s: float) -> httpx.AsyncClient:
-    """An HTTP client whose pool never caps the load below what the profile asks for."""
-    # httpx defaults to 100 connections, which would silently turn a high-rate run into concurrency 100;
+def _client(max_connections: int | None) -> aiohttp.ClientSession:
+    """One HTTP session for a run, whose pool never caps the load below what the profile asks for."""
+    # limit=0 is unbounded: a default cap (100) would silently turn a high-rate run into concurrency 100;
     # trust_env=False keeps proxy variables from putting a proxy between us and the server under test.
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout_s), trust_env=False)
+    connector = aiohttp.TCPConnector(limit=max_connections or 0, keepalive_timeout=30)
+    timeout = aiohttp.ClientTimeout(total=None)  # `_send` bounds each request itself
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
 
 
 class _Ids:
@@ -192,7 +203,7 @@ class _Ids:
 
 
 async def _warmup(
-    client: httpx.AsyncClient, target: Target, prompts: Sequence[list[int]], n: int, ids: _Ids
+    client: aiohttp.ClientSession, target: Target, prompts: Sequence[list[int]], n: int, ids: _Ids
 ) -> list[RequestRecord]:
     """Send `n` warm-up requests one at a time, recorded with warmup=True."""
     out = []
@@ -218,7 +229,7 @@ async def _closed_loop(
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     ids = _Ids(profile, None)
-    async with _client(concurrency, target.timeout_s) as client:
+    async with _client(concurrency) as client:
         records = await _warmup(client, target, prompts, warmup, ids)
         deadline = time.perf_counter() + duration_s if duration_s else math.inf
         counter = itertools.count()
@@ -245,7 +256,7 @@ async def _open_loop(
     """Send a request at each offset (s after start) regardless of how many are in flight, then wait for all."""
     _check_prompts(prompts, len(offsets), warmup)
     ids = _Ids(profile, rate)
-    async with _client(None, target.timeout_s) as client:
+    async with _client(None) as client:
         records = await _warmup(client, target, prompts, warmup, ids)
         start = time.perf_counter()
         tasks = []
