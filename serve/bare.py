@@ -62,18 +62,17 @@ def vllm_serve(spec: ServeSpec, model: ServedModel, port: int, timeout_s: float 
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None:
+        deadline, ready = time.monotonic() + timeout_s, False
+        while not ready and time.monotonic() < deadline and proc.poll() is None:
             try:
-                if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
-                    break
+                ready = httpx.get(f"{url}/v1/models", timeout=5).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(2)
+                time.sleep(2)
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"vllm serve exited with {proc.returncode}: {((proc.stderr.read() if proc.stderr else '') or '')[-800:]}"
-            )
+            err = (proc.stderr.read() if proc.stderr else "") or ""
+            raise RuntimeError(f"vllm serve exited with {proc.returncode}: {err[-800:]}")
+        if not ready:
+            raise RuntimeError(f"vllm serve did not answer {url}/v1/models within {timeout_s:.0f}s")
         yield url
     finally:
         proc.terminate()

@@ -118,6 +118,25 @@ def test_bad_conf_entry_names_its_file(tmp_path):
         load_catalog(conf)
 
 
+def test_unknown_builder_args_name_the_model_and_the_field(tmp_path):
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    path = conf / "models" / "organism.yaml"
+    model = yaml.safe_load(path.read_text())
+    model["builder_args"] = {"mc_docs": 1000, "mc_dogs": 3}
+    path.write_text(yaml.safe_dump(model))
+    data = {**_smoke(), "conf_dir": str(conf)}
+    with pytest.raises(
+        ConfigError, match=r"model 'organism': builder_args \['mc_dogs'\] are not OrganismSpec"
+    ):
+        load_sweep(_write(tmp_path, data))
+    model["builder_args"] = {"mc_docs": 1000}
+    path.write_text(yaml.safe_dump(model))
+    assert load_sweep(_write(tmp_path, data))[1].models["organism"].builder_args == {"mc_docs": 1000}
+
+
 @pytest.mark.parametrize("body", ["colour: red\n", "models: [tiny-llama\n", "eval: {actors: two}\n"])
 def test_cli_bad_file_one_line_exit_2_nothing_written(tmp_path, body):
     data = _smoke()
