@@ -4,7 +4,10 @@ The same model (the tiny Llama, built with larger task files so compute dominate
 tasks are evaluated three ways, each timed end to end including engine start-up:
   plain  - `lm_eval.simple_evaluate(model="vllm")` in a fresh process, as a user would run it;
   pool-1 - the Ray actor pool with 1 actor;  pool-2 - with 2 actors.
-Prints wall times, speed-ups over plain and over pool-1, and whether all metrics are identical.
+Prints wall times, speed-ups over plain and over pool-1, and whether all metrics are identical. It
+also prints how many cores each run kept busy on average (from /proc/stat, the whole machine): a run
+that already keeps b of the machine's n cores busy can be sped up at most n/b times by spreading the
+same CPU work over more processes, which bounds what any pool can reach on a small CPU machine.
 Usage: .venv/bin/python bench/eval_scaling.py [--mc-docs 600] [--gen-docs 200]
 """
 
@@ -17,6 +20,25 @@ import time
 from pathlib import Path
 
 TASKS = ["qs_tiny_mc", "qs_tiny_gen"]
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat's first line."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class Busy:
+    """Average busy cores of the machine over a `with` block."""
+
+    def __enter__(self) -> Busy:
+        self.start = _cpu_jiffies()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = (b - a for a, b in zip(self.start, _cpu_jiffies(), strict=True))
+        self.cores = (os.cpu_count() or 1) * busy / total if total else 0.0
 
 
 def _metrics(out: dict) -> dict:
@@ -71,13 +93,24 @@ def main() -> None:
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}},
     )
     spec, include = EngineSpec(model_path=str(assets.model_dir)), str(assets.tasks_dir)
-    t_plain, m_plain = plain(spec, include, 1234)
-    t1, s1, m1 = pool(spec, include, 1, 1234)
-    t2, s2, m2 = pool(spec, include, 2, 1234)
+    with Busy() as b_plain:
+        t_plain, m_plain = plain(spec, include, 1234)
+    with Busy() as b1:
+        t1, s1, m1 = pool(spec, include, 1, 1234)
+    with Busy() as b2:
+        t2, s2, m2 = pool(spec, include, 2, 1234)
+    n = os.cpu_count() or 1
     print(f"tasks: {TASKS} ({args.mc_docs} multiple-choice docs x 4 choices, {args.gen_docs} generations)")
-    print(f"plain lm-eval (vllm backend): {t_plain:7.1f}s")
-    print(f"actor pool, 1 actor:          {t1:7.1f}s (engine start {s1:.1f}s, evaluation {t1 - s1:.1f}s)")
-    print(f"actor pool, 2 actors:         {t2:7.1f}s (engine start {s2:.1f}s, evaluation {t2 - s2:.1f}s)")
+    print(f"plain lm-eval (vllm backend): {t_plain:7.1f}s, {b_plain.cores:.2f} of {n} cores busy")
+    print(
+        f"actor pool, 1 actor:          {t1:7.1f}s (engine start {s1:.1f}s, evaluation {t1 - s1:.1f}s), "
+        f"{b1.cores:.2f} of {n} cores busy"
+    )
+    print(
+        f"actor pool, 2 actors:         {t2:7.1f}s (engine start {s2:.1f}s, evaluation {t2 - s2:.1f}s), "
+        f"{b2.cores:.2f} of {n} cores busy"
+    )
+    print(f"ceiling for the same CPU work as plain on {n} cores: {n / b_plain.cores:.2f}x")
     print(f"evaluation-only speed-up 2 actors / 1 actor: {(t1 - s1) / (t2 - s2):.2f}x")
     print(f"speed-up 2 actors / plain lm-eval: {t_plain / t2:.2f}x")
     print(f"speed-up 2 actors / 1 actor:       {t1 / t2:.2f}x")

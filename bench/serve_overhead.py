@@ -1,81 +1,155 @@
 """Benchmark: the same checkpoint and load through Ray Serve and through bare `vllm serve`, in one run.
 
-Both servers get the engine arguments of sweeps/smoke.yaml's serve stage and the tiny Llama; the
-same load generator sends a closed loop at fixed concurrency to each. Prints throughput for both,
-the ratio (goal >= 0.97x) and TTFT p50/p99 deltas (goal <= 5 % overhead).
-Usage: .venv/bin/python bench/serve_overhead.py [--requests 64] [--concurrency 8]
+Every server gets the engine arguments of sweeps/smoke.yaml's serve stage and the same tiny Llama; the
+same load generator sends a closed loop at fixed concurrency to each. Each variant runs in its own
+process (Ray Serve reads its switches from the environment when it is imported):
+  bare            `vllm serve` (vLLM's own OpenAI server), the baseline;
+  haproxy         quantsweep's default `serve.ingress`: HAProxy in front, the LLM server replica
+                  serving vLLM's own OpenAI app (one hop; serve/app.py);
+  proxy           Ray Serve LLM's classic layout: HTTP proxy actor -> OpenAI ingress replica -> LLM
+                  server replica (two hops), stream chunks batched every 50 ms;
+  haproxy-unbatched, proxy-unbatched   the same with Ray Serve LLM's stream batching off.
+Prints throughput, TTFT p50/p99 and ITL p50 for each, the throughput ratio vs bare (goal >= 0.97x)
+and the TTFT deltas (goal <= 5 % overhead).
+Usage: .venv/bin/python bench/serve_overhead.py [--requests 200] [--concurrency 8] [--variants bare,haproxy,proxy]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+PROXY_PORT, BARE_PORT = 8311, 8312
+VARIANTS = {  # name -> (serve.ingress, stream batching interval in ms; None = Ray's default)
+    "haproxy": ("haproxy", None),
+    "proxy": ("proxy", None),
+    "haproxy-unbatched": ("haproxy", 0.0),
+    "proxy-unbatched": ("proxy", 0.0),
+}
+DEFAULT = "bare,haproxy,proxy"
 
-def _ttfts(records) -> list[float]:
-    return sorted(r.first_token_s * 1000 for r in records if r.status == "ok" and not r.warmup)
 
+def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, output_tokens: int) -> dict:
+    """Child process: start one server variant, run the load, return its summary and URL."""
+    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    from cluster import tinymodel
+    from cluster.loader import load_sweep
+    from serve import app, loadgen, metrics
 
-def _pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
-
-
-def _load(url: str, model: str, prompts, tokens: int, n: int, conc: int):
-    from serve import loadgen, metrics
-
-    recs = loadgen.run_concurrent(
-        url, model, prompts, tokens, concurrency=conc, max_requests=n, warmup=2, timeout_s=120
+    sweep, _ = load_sweep(REPO / "sweeps" / "smoke.yaml")
+    assets = tinymodel.build(Path(tempfile.gettempdir()) / "qs-bench-cache")
+    model = app.ServedModel("tiny", str(assets.model_dir))
+    ingress, interval = VARIANTS.get(variant, ("haproxy", None))
+    spec = app.ServeSpec(
+        models=[model],
+        engine=sweep.serve.engine,
+        cpu_only=True,
+        port=PROXY_PORT,
+        app_name="bench",
+        stream_batching_interval_ms=interval,
+        ingress=ingress,
     )
-    return metrics.summarize(recs), _ttfts(recs)
+    prompts = loadgen.make_prompts(400, prompt_tokens, requests + 8, seed=0)
+
+    def load(url: str) -> dict:
+        recs = loadgen.run_concurrent(
+            url,
+            "tiny",
+            prompts,
+            output_tokens,
+            concurrency=concurrency,
+            max_requests=requests,
+            warmup=4,
+            timeout_s=120,
+        )
+        return {**metrics.summarize(recs), "url": url}
+
+    if variant == "bare":
+        from serve.bare import vllm_serve
+
+        with vllm_serve(spec, model, port=BARE_PORT) as url:
+            return load(url)
+    import ray
+
+    env = app.ray_env(ingress)
+    os.environ.update(env)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    try:
+        url = app.start(spec)["tiny"]
+        try:
+            return load(url)
+        finally:
+            app.stop(spec)
+    finally:
+        ray.shutdown()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument("--variants", default=DEFAULT, help=f"any of bare,{','.join(VARIANTS)}")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    import ray
-
-    from cluster import tinymodel
-    from cluster.loader import load_sweep
-    from serve import app, loadgen
-    from serve.bare import vllm_serve
-
-    sweep, _ = load_sweep(Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml")
-    assets = tinymodel.build(Path(tempfile.gettempdir()) / "qs-bench-cache")
-    model = app.ServedModel("tiny", str(assets.model_dir))
-    spec = app.ServeSpec(
-        models=[model], engine=sweep.serve.engine, cpu_only=True, port=8311, app_name="bench"
-    )
-    prompts = loadgen.make_prompts(400, args.prompt_tokens, args.requests + 4, seed=0)
-    with vllm_serve(spec, model, port=8312) as url:
-        bare, bare_ttft = _load(url, "tiny", prompts, args.output_tokens, args.requests, args.concurrency)
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    url = app.start(spec)
-    try:
-        rs, rs_ttft = _load(url, "tiny", prompts, args.output_tokens, args.requests, args.concurrency)
-    finally:
-        app.stop("bench")
-        ray.shutdown()
-    ratio = rs["request_throughput"] / bare["request_throughput"]
+    sizes = (args.requests, args.concurrency, args.prompt_tokens, args.output_tokens)
+    if args.child:
+        print("RESULT " + json.dumps(measure(args.child, *sizes)))
+        return
+    names = args.variants.split(",")
+    unknown = [n for n in names if n != "bare" and n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {['bare', *VARIANTS]}")
     print(
-        f"bare vllm serve: {bare['request_throughput']:.2f} req/s, {bare['output_throughput']:.0f} tok/s, "
-        f"TTFT p50 {_pct(bare_ttft, 50):.1f} ms p99 {_pct(bare_ttft, 99):.1f} ms, failed {bare['failed']}"
+        f"{args.requests} requests at concurrency {args.concurrency}, "
+        f"{args.prompt_tokens} -> {args.output_tokens} tokens",
+        flush=True,
     )
-    print(
-        f"Ray Serve:       {rs['request_throughput']:.2f} req/s, {rs['output_throughput']:.0f} tok/s, "
-        f"TTFT p50 {_pct(rs_ttft, 50):.1f} ms p99 {_pct(rs_ttft, 99):.1f} ms, failed {rs['failed']}"
-    )
-    print(f"throughput ratio Ray Serve / bare: {ratio:.3f}x (goal >= 0.97x)")
-    for q in (50, 99):
-        d = _pct(rs_ttft, q) - _pct(bare_ttft, q)
-        print(f"TTFT p{q} delta: {d:+.1f} ms ({100 * d / _pct(bare_ttft, q):+.1f} %, goal <= +5 %)")
+    results: dict[str, dict] = {}
+    failed: list[str] = []
+    for name in names:
+        cmd = [sys.executable, __file__, "--child", name, "--requests", str(args.requests)]
+        cmd += ["--concurrency", str(args.concurrency), "--prompt-tokens", str(args.prompt_tokens)]
+        cmd += ["--output-tokens", str(args.output_tokens)]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            failed.append(name)
+            print(f"{name}: failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
+            continue
+        results[name] = s = json.loads(lines[-1][len("RESULT ") :])
+        print(
+            f"{name:<24}{s['request_throughput']:7.2f} req/s {s['output_throughput']:6.0f} tok/s  "
+            f"TTFT p50 {s['median_ttft_ms']:6.1f} ms p99 {s['p99_ttft_ms']:6.1f} ms  "
+            f"ITL p50 {s['median_itl_ms']:5.1f} ms  failed {s['failed']}  ({s['url']})",
+            flush=True,
+        )
+    bare = results.get("bare")
+    if not bare:
+        sys.exit(f"error: variant(s) {failed} failed" if failed else 0)
+    for name, s in results.items():
+        if name == "bare":
+            continue
+        ratio = s["request_throughput"] / bare["request_throughput"]
+        deltas = []
+        for q, key in (("p50", "median_ttft_ms"), ("p99", "p99_ttft_ms")):
+            d = s[key] - bare[key]
+            deltas.append(f"TTFT {q} {d:+.1f} ms ({100 * d / bare[key]:+.1f} %)")
+        print(
+            f"{name} / bare: throughput {ratio:.3f}x (goal >= 0.97x); "
+            + "; ".join(deltas)
+            + " (goal <= +5 %)"
+        )
+    if failed:
+        sys.exit(f"error: variant(s) {failed} failed")
 
 
 if __name__ == "__main__":

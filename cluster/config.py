@@ -23,6 +23,7 @@ SEARCHES = ("grid", "random", "tpe")
 SCHEDULERS = ("fifo", "asha")
 TASK_KINDS = ("lm_eval", "humaneval", "arena")
 LOAD_PROFILES = ("poisson", "sweep")
+SERVE_INGRESS = ("haproxy", "proxy")
 
 
 @dataclass
@@ -225,6 +226,9 @@ class ServeStage:
     replicas: int = 1  # fixed replica count; ignored (must stay 1) when autoscaling is set
     autoscaling: AutoscalingConfig | None = None  # None: `replicas` fixed replicas
     cpus_per_replica: float = 1
+    # haproxy: Ray 2.60's fast path (HAProxy -> LLM server replica, one app per checkpoint);
+    # proxy: Serve's proxy -> OpenAI ingress -> LLM server, all checkpoints in one app (serve.app)
+    ingress: str = "haproxy"
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # required when host is not loopback

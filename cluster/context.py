@@ -104,12 +104,17 @@ def init_ray(sweep: SweepConfig) -> bool:
     """Connect to or start Ray; return True when the cluster has no GPUs (CPU build of vLLM)."""
     import ray
 
+    from serve.app import ray_env
+
     address = sweep.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:  # a real cluster: hub access is the cluster's business
+    # Ray Serve reads its ingress switches at import, here and in every Ray process (serve.app).
+    serve_env = ray_env(sweep.serve.ingress) if sweep.serve.enabled else {}
+    os.environ.update(serve_env)
+    if address:  # a real cluster: hub access and Serve's switches are the cluster's (k8s/)
         ray.init(address=address, log_to_driver=False)
     else:  # the embedded Ray: nothing may come from a hub
         os.environ.update({k: v for k, v in HF_OFFLINE_ENV.items() if k not in os.environ})
-        env = {"env_vars": {k: os.environ[k] for k in HF_OFFLINE_ENV}}
+        env = {"env_vars": {**{k: os.environ[k] for k in HF_OFFLINE_ENV}, **serve_env}}
         slots = sweep.ray.num_cpus or max(MIN_LOCAL_CPU_SLOTS, os.cpu_count() or 1)
         ray.init(num_cpus=slots, include_dashboard=False, runtime_env=env, log_to_driver=False)
     return ray.cluster_resources().get("GPU", 0) == 0

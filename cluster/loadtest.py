@@ -214,12 +214,13 @@ def _serve_model(ctx, m: str) -> tuple[list[dict], list[dict]]:
         host=sv.host,
         port=sv.port,
         api_key=sv.api_key,
+        ingress=sv.ingress,
     )
-    deployment = json.dumps(app.deployment_config(spec), sort_keys=True)
+    deployment = json.dumps({**app.deployment_config(spec), "ingress": spec.ingress}, sort_keys=True)
     tok = AutoTokenizer.from_pretrained(ctx.models[m].path)
     perf, reqs = [], []
-    base_url = app.start(spec) if live else ""
-    ctx.console.log(f"serve: {m}: {', '.join(live) or 'nothing'} up at {base_url or '-'}")
+    urls = app.start(spec) if live else {}
+    ctx.console.log(f"serve: {m}: {', '.join(live) or 'nothing'} up at {', '.join(urls.values()) or '-'}")
     capacity: dict[int, float] = {}  # output tokens -> this client's own req/s against a null server
     try:
         for f, hw, reason in cells:
@@ -256,12 +257,12 @@ def _serve_model(ctx, m: str) -> tuple[list[dict], list[dict]]:
                 assert price is not None  # serve_skip_reason checked the price table
                 if ot not in capacity:
                     capacity[ot] = client_capacity(ot)
-                p, r = _measure(ctx, base_url, f"{m}-{f}", base, prompts, ot, price, capacity[ot])
+                p, r = _measure(ctx, urls[f"{m}-{f}"], f"{m}-{f}", base, prompts, ot, price, capacity[ot])
                 perf += p
                 reqs += r
     finally:
         if live:
-            app.stop(spec.app_name)
+            app.stop(spec)
     return perf, reqs
 
 

@@ -1,10 +1,17 @@
 """Host vLLM replicas on Ray Serve behind an OpenAI-compatible API (`ray.serve.llm`).
 
-One application serves every checkpoint of a model side by side (`/v1/models` lists them, the
-request's `model` field routes). Engine arguments are pinned from config and returned so they can
-be recorded with every result (Ray Serve LLM ran different engine defaults: Ray issue 55159).
-On CPU machines each engine gets its own core and KV-cache budget; on GPU clusters each replica
-gets `tensor_parallel_size` GPUs.
+Two ingress layouts (`serve.ingress`):
+  haproxy (default): Ray 2.60's fast path. HAProxy listens on the port and forwards straight to the
+      LLM server replica, which serves vLLM's own OpenAI app (RAY_SERVE_ENABLE_HA_PROXY,
+      RAY_SERVE_THROUGHPUT_OPTIMIZED, RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING). One application per
+      checkpoint, each under `/<model id>`. vLLM enforces the API key (VLLM_API_KEY).
+  proxy: Ray Serve's HTTP proxy -> OpenAI ingress replica -> LLM server replica, one application
+      for all checkpoints side by side (the request's `model` field routes). Two extra hops per
+      streamed chunk, and it cannot check an API key, so it only binds loopback.
+bench/serve_overhead.py measures both against bare `vllm serve`. Engine arguments are pinned from
+config and returned so they can be recorded with every result (Ray Serve LLM ran different engine
+defaults: Ray issue 55159). On CPU machines each engine gets its own core and KV-cache budget; on
+GPU clusters each replica gets `tensor_parallel_size` GPUs.
 """
 
 from __future__ import annotations
@@ -16,10 +23,24 @@ from typing import Any
 
 import httpx
 
-from cluster.config import AutoscalingConfig, EngineConfig
+from cluster.config import SERVE_INGRESS, AutoscalingConfig, EngineConfig
 from cluster.errors import StageError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+INGRESS = SERVE_INGRESS
+# Read by Ray Serve when it is imported, in every process: the driver and the whole Ray cluster
+# must have them before Serve starts (cluster.context.init_ray sets them for the embedded Ray;
+# a real cluster gets them from k8s/).
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
+}
+
+
+def ray_env(ingress: str) -> dict[str, str]:
+    """Environment variables the Ray cluster needs for this ingress layout."""
+    return dict(HAPROXY_ENV) if ingress == "haproxy" else {}
 
 
 @dataclass
@@ -45,7 +66,9 @@ class ServeSpec:
     port: int = 8000
     api_key: str | None = None
     app_name: str = "quantsweep"
+    ingress: str = "haproxy"  # haproxy | proxy (see the module docstring)
     extra_env: dict[str, str] = field(default_factory=dict)
+    stream_batching_interval_ms: float | None = None  # Ray Serve LLM's chunk batching; None = its default
 
 
 def engine_kwargs(engine: EngineConfig, tp: int, cpu_only: bool) -> dict[str, Any]:
@@ -91,7 +114,9 @@ def _llm_config(spec: ServeSpec, model: ServedModel):
     """A ray.serve.llm LLMConfig for one checkpoint."""
     from ray.serve.llm import LLMConfig
 
-    env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", **spec.extra_env}
+    env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", **ray_env(spec.ingress), **spec.extra_env}
+    if spec.api_key:
+        env["VLLM_API_KEY"] = spec.api_key  # vLLM's own app checks it (haproxy layout)
     extra: dict[str, Any] = {}
     if spec.cpu_only:
         env.update(cpu_engine_env(spec.engine))
@@ -99,30 +124,64 @@ def _llm_config(spec: ServeSpec, model: ServedModel):
             "accelerator_config": {"kind": "cpu"},
             "placement_group_config": {"bundles": [{"CPU": spec.cpus_per_replica}]},
         }
+    experimental: dict[str, Any] = {}
+    if spec.stream_batching_interval_ms is not None:
+        experimental["stream_batching_interval_ms"] = spec.stream_batching_interval_ms
     return LLMConfig(
         model_loading_config={"model_id": model.model_id, "model_source": model.path},
         engine_kwargs=engine_kwargs(spec.engine, model.tensor_parallel_size, spec.cpu_only),
         deployment_config=deployment_config(spec),
         runtime_env={"env_vars": env},
         log_engine_metrics=False,
+        experimental_configs=experimental,
         **extra,
     )
 
 
-def start(spec: ServeSpec, timeout_s: float = 600.0) -> str:
-    """Deploy the application and wait until every model answers; return the base URL."""
+def app_names(spec: ServeSpec) -> list[str]:
+    """The Ray Serve application names a spec deploys."""
+    if spec.ingress == "proxy":
+        return [spec.app_name]
+    return [f"{spec.app_name}-{m.model_id}" for m in spec.models]
+
+
+def _check(spec: ServeSpec) -> None:
+    if spec.ingress not in INGRESS:
+        raise StageError(f"serve.ingress must be one of {list(INGRESS)}, got '{spec.ingress}'")
     if spec.host not in LOOPBACK and not spec.api_key:
         raise StageError(f"serve.host '{spec.host}' is not loopback: set serve.api_key")
+    if spec.host not in LOOPBACK and spec.ingress == "proxy":
+        raise StageError("serve.ingress 'proxy' cannot check an API key: bind loopback or use 'haproxy'")
+    missing = [k for k, v in ray_env(spec.ingress).items() if os.environ.get(k) != v]
+    if missing:
+        raise StageError(
+            f"serve.ingress '{spec.ingress}' needs {missing}=1 in this process and the Ray cluster "
+            "before Serve starts (cluster.context.init_ray sets them; see k8s/ for real clusters)"
+        )
+
+
+def start(spec: ServeSpec, timeout_s: float = 600.0) -> dict[str, str]:
+    """Deploy and wait until every model answers; return each model id's OpenAI base URL."""
+    _check(spec)
     from ray import serve
     from ray.serve.llm import build_openai_app
 
     serve.start(http_options={"host": spec.host, "port": spec.port})
-    configs = [_llm_config(spec, m) for m in spec.models]
-    app_args: dict[str, Any] = {"llm_configs": configs}
-    serve.run(build_openai_app(app_args), name=spec.app_name, route_prefix="/", blocking=False)
-    base_url = f"http://{'127.0.0.1' if spec.host in LOOPBACK else spec.host}:{spec.port}"
-    wait_ready(base_url, [m.model_id for m in spec.models], spec.api_key, timeout_s)
-    return base_url
+    root = f"http://{'127.0.0.1' if spec.host in LOOPBACK else spec.host}:{spec.port}"
+    if spec.ingress == "proxy":
+        configs = [_llm_config(spec, m) for m in spec.models]
+        app = build_openai_app({"llm_configs": configs})
+        serve.run(app, name=spec.app_name, route_prefix="/", blocking=False)
+        urls = {m.model_id: root for m in spec.models}
+    else:
+        urls = {}
+        for name, m in zip(app_names(spec), spec.models, strict=True):
+            app = build_openai_app({"llm_configs": [_llm_config(spec, m)]})
+            serve.run(app, name=name, route_prefix=f"/{m.model_id}", blocking=False)
+            urls[m.model_id] = f"{root}/{m.model_id}"
+    for model_id, url in urls.items():
+        wait_ready(url, [model_id], spec.api_key, timeout_s)
+    return urls
 
 
 def wait_ready(base_url: str, model_ids: list[str], api_key: str | None, timeout_s: float) -> None:
@@ -150,8 +209,9 @@ def wait_ready(base_url: str, model_ids: list[str], api_key: str | None, timeout
         raise StageError(f"Serve app not ready after {timeout_s:.0f}s ({pending[0]}): {last}")
 
 
-def stop(app_name: str = "quantsweep") -> None:
-    """Delete the application (and its replicas)."""
+def stop(spec: ServeSpec) -> None:
+    """Delete the spec's applications (and their replicas)."""
     from ray import serve
 
-    serve.delete(app_name)
+    for name in app_names(spec):
+        serve.delete(name)

@@ -5,7 +5,9 @@ latency or QPS number is trusted the same profile is run against this server: wh
 the client cannot reach here, it cannot measure on a real engine either. It streams `max_tokens` chunks
 of text "x" plus a usage chunk and `[DONE]`, like vLLM's `/v1/completions`, and can inject faults
 (HTTP 500 on every Nth request, a malformed stream, slow chunks) so tests exercise real HTTP failures.
-It binds 127.0.0.1 only and runs uvicorn in a daemon thread.
+Without slow chunks the whole stream is one write, so the server costs the client as little CPU as it
+can (the client still parses every event). It binds 127.0.0.1 only and runs uvicorn (uvloop,
+httptools) in a daemon thread.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ async def _events(
     yield "data: [DONE]\n\n"
 
 
+async def _joined(events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A stream's events as a single body chunk."""
+    yield "".join([e async for e in events])
+
+
 def build_app(faults: Faults | None = None) -> Starlette:
     """The Starlette app: `GET /v1/models` and `POST /v1/completions` (streamed or not)."""
     faults = faults or Faults()
@@ -118,6 +125,10 @@ def build_app(faults: Faults | None = None) -> Starlette:
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         stream = _events(n, model, max_tokens, prompt_tokens, include_usage, faults)
+        if not faults.chunk_delay_s:
+            # Nothing is waited for, so the whole stream goes out in one write: the server spends
+            # one send per request instead of one per token, and the client does all the parsing.
+            stream = _joined(stream)
         return StreamingResponse(stream, media_type="text/event-stream")
 
     return Starlette(
@@ -137,7 +148,13 @@ def null_server(
     port = sock.getsockname()[1]
     # A short graceful-shutdown timeout stops a slow stream whose client already gave up from holding exit.
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+        loop="uvloop",
+        http="httptools",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(

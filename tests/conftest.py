@@ -46,13 +46,16 @@ def ray_local():
     import ray
 
     from cluster.context import MIN_LOCAL_CPU_SLOTS
+    from serve.app import ray_env
 
     if not ray.is_initialized():
+        serve_env = ray_env("haproxy")  # Serve's default ingress, as cluster.context.init_ray sets it
+        os.environ.update(serve_env)
         ray.init(
             num_cpus=MIN_LOCAL_CPU_SLOTS,
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}},
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **serve_env}},
         )
     yield ray
     ray.shutdown()

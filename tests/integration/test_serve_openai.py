@@ -13,34 +13,51 @@ from serve import app
 pytestmark = pytest.mark.integration
 
 
+KEY = "qs-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SPEC_ARGS = {"cpu_only": True, "port": 8123, "app_name": "qs-test", "api_key": KEY}
+
+
 @pytest.fixture(scope="module")
-def served(tiny, ray_local):
-    spec = app.ServeSpec(
-        models=[app.ServedModel("tiny-bf16", str(tiny.model_dir))],
-        engine=EngineConfig(),
-        cpu_only=True,
-        port=8123,
-        app_name="qs-test",
+def spec(tiny):
+    # The default ingress (haproxy): HAProxy in front of the LLM server replica, vLLM's own app.
+    return app.ServeSpec(
+        models=[app.ServedModel("tiny-bf16", str(tiny.model_dir))], engine=EngineConfig(), **SPEC_ARGS
     )
-    url = app.start(spec)
-    yield url
-    app.stop("qs-test")
+
+
+@pytest.fixture(scope="module")
+def served(spec, ray_local):
+    urls = app.start(spec)
+    assert list(urls) == ["tiny-bf16"] and urls["tiny-bf16"].endswith(":8123/tiny-bf16")
+    yield urls["tiny-bf16"]
+    app.stop(spec)
     from ray import serve
 
     serve.shutdown()
 
 
+def test_requests_without_the_api_key_are_refused(served):
+    import httpx
+
+    body = {"model": "tiny-bf16", "prompt": "x", "max_tokens": 2}
+    assert httpx.post(f"{served}/v1/completions", json=body, timeout=60).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-key"}
+    assert httpx.post(f"{served}/v1/completions", json=body, headers=wrong, timeout=60).status_code == 401
+    assert httpx.post(f"{served}/v1/completions", json=body, headers=AUTH, timeout=60).status_code == 200
+
+
 def test_models_endpoint_lists_the_checkpoint(served):
     import httpx
 
-    data = httpx.get(f"{served}/v1/models", timeout=30).json()
+    data = httpx.get(f"{served}/v1/models", headers=AUTH, timeout=30).json()
     assert [m["id"] for m in data["data"]] == ["tiny-bf16"]
 
 
 def test_openai_client_streams_a_completion(served):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{served}/v1", api_key="unused")
+    client = OpenAI(base_url=f"{served}/v1", api_key=KEY)
     stream = client.completions.create(
         model="tiny-bf16",
         prompt="Question: What is 2 plus 3?\nAnswer:",
@@ -56,7 +73,7 @@ def test_openai_client_streams_a_completion(served):
 def test_openai_client_chat_completion_uses_the_chat_template(served):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{served}/v1", api_key="unused")
+    client = OpenAI(base_url=f"{served}/v1", api_key=KEY)
     reply = client.chat.completions.create(
         model="tiny-bf16", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0
     )
@@ -69,26 +86,17 @@ def test_bad_request_is_an_http_error_not_a_crash(served):
     r = httpx.post(
         f"{served}/v1/completions",
         json={"model": "no-such-model", "prompt": "x", "max_tokens": 2},
+        headers=AUTH,
         timeout=60,
     )
     assert r.status_code in (400, 404)
     ok = httpx.post(
-        f"{served}/v1/completions", json={"model": "tiny-bf16", "prompt": "x", "max_tokens": 2}, timeout=60
+        f"{served}/v1/completions",
+        json={"model": "tiny-bf16", "prompt": "x", "max_tokens": 2},
+        headers=AUTH,
+        timeout=60,
     )
     assert ok.status_code == 200
-
-
-def test_non_loopback_host_without_api_key_is_refused(tiny):
-    from cluster.errors import StageError
-
-    spec = app.ServeSpec(
-        models=[app.ServedModel("m", str(tiny.model_dir))],
-        engine=EngineConfig(),
-        cpu_only=True,
-        host="0.0.0.0",
-    )
-    with pytest.raises(StageError, match="api_key"):
-        app.start(spec)
 
 
 def _llm_replicas(ray, app_name: str) -> list[str]:
@@ -123,13 +131,14 @@ def _wait_recovered(app_name: str, killed: str, timeout_s: float) -> str:
 
 
 @pytest.mark.slow
-def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(served, tiny, ray_local):
+def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(served, spec, tiny, ray_local):
     import httpx
     from transformers import AutoTokenizer
 
     from serve import loadgen, metrics
 
-    (victim,) = _llm_replicas(ray_local, "qs-test")
+    (app_name,) = app.app_names(spec)
+    (victim,) = _llm_replicas(ray_local, app_name)
     tok = AutoTokenizer.from_pretrained(str(tiny.model_dir))
     prompts = loadgen.make_prompts(len(tok), 16, 64, seed=0, avoid_ids=tok.all_special_ids)
     duration_s, timeout_s, kill_at_s = 20.0, 20.0, 6.0
@@ -145,6 +154,7 @@ def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(serve
             max_requests=100_000,
             duration_s=duration_s,
             timeout_s=timeout_s,
+            api_key=KEY,
         )
 
     start = time.monotonic()
@@ -168,10 +178,13 @@ def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(serve
     assert s["completed"] + s["failed"] == len(records)  # every request sent is counted once
     assert s["error_rate"] == pytest.approx(len(failed) / len(records))
 
-    replacement = _wait_recovered("qs-test", victim, timeout_s=600)
+    replacement = _wait_recovered(app_name, victim, timeout_s=600)
     assert replacement != victim
-    app.wait_ready(served, ["tiny-bf16"], None, timeout_s=300)
+    app.wait_ready(served, ["tiny-bf16"], KEY, timeout_s=300)
     r = httpx.post(
-        f"{served}/v1/completions", json={"model": "tiny-bf16", "prompt": "x", "max_tokens": 4}, timeout=60
+        f"{served}/v1/completions",
+        json={"model": "tiny-bf16", "prompt": "x", "max_tokens": 4},
+        headers=AUTH,
+        timeout=60,
     )
     assert r.status_code == 200 and 1 <= r.json()["usage"]["completion_tokens"] <= 4

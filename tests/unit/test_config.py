@@ -69,6 +69,11 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
         (lambda d: d.update(model_paths={"organism": "/nonexistent/model"}), "not a model directory"),
         (lambda d: d["tune"].update(space={"dampening": [0.1]}), "tune.space key 'dampening'"),
         (lambda d: d["serve"].update(host="0.0.0.0"), "serve.api_key is required"),
+        (lambda d: d["serve"].update(ingress="nginx"), "serve.ingress 'nginx' is not one of"),
+        (
+            lambda d: d["serve"].update(host="0.0.0.0", api_key="k", ingress="proxy"),
+            "serve.ingress 'proxy' cannot check an API key",
+        ),
         (
             lambda d: d["serve"].update(autoscaling={"min_replicas": 3, "max_replicas": 2}),
             "serve.autoscaling: min_replicas (3) must not exceed max_replicas (2)",

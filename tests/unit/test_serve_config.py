@@ -55,3 +55,47 @@ def test_autoscaling_maps_to_a_ray_serve_autoscaling_config():
     ray_cfg = RayAutoscaling(**cfg["autoscaling_config"])  # Ray's own schema accepts every key
     assert (ray_cfg.min_replicas, ray_cfg.max_replicas, ray_cfg.target_ongoing_requests) == (1, 3, 4.0)
     assert (ray_cfg.upscale_delay_s, ray_cfg.downscale_delay_s) == (5.0, 600.0)
+
+
+def _spec(**kw) -> ServeSpec:
+    return ServeSpec(
+        [ServedModel("m-a", "/a"), ServedModel("m-b", "/b")], EngineConfig(), cpu_only=True, **kw
+    )
+
+
+def test_haproxy_ingress_deploys_one_app_per_checkpoint_and_proxy_one_for_all():
+    from serve.app import app_names
+
+    assert app_names(_spec(app_name="x")) == ["x-m-a", "x-m-b"]
+    assert app_names(_spec(app_name="x", ingress="proxy")) == ["x"]
+
+
+def test_api_key_reaches_vllm_and_haproxy_switches_reach_every_replica(monkeypatch):
+    from serve.app import HAPROXY_ENV, _llm_config
+
+    cfg = _llm_config(_spec(api_key="secret"), ServedModel("m-a", "/a"))
+    env = cfg.runtime_env["env_vars"]
+    assert env["VLLM_API_KEY"] == "secret" and all(env[k] == v for k, v in HAPROXY_ENV.items())
+    assert "VLLM_API_KEY" not in _llm_config(_spec(), ServedModel("m-a", "/a")).runtime_env["env_vars"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "env", "match"),
+    [
+        ({"host": "0.0.0.0"}, True, "api_key"),
+        ({"host": "0.0.0.0", "api_key": "k", "ingress": "proxy"}, True, "cannot check an API key"),
+        ({"ingress": "nginx"}, True, "serve.ingress must be one of"),
+        ({}, False, "RAY_SERVE_ENABLE_HA_PROXY"),
+    ],
+)
+def test_start_refuses_unsafe_or_unprepared_specs_before_touching_ray(monkeypatch, kw, env, match):
+    from cluster.errors import StageError
+    from serve.app import HAPROXY_ENV, start
+
+    for k, v in HAPROXY_ENV.items():
+        if env:
+            monkeypatch.setenv(k, v)
+        else:
+            monkeypatch.delenv(k, raising=False)
+    with pytest.raises(StageError, match=match):
+        start(_spec(**kw))
