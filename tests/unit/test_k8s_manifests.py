@@ -207,6 +207,16 @@ def test_hf_token_is_optional_secret(kind: str) -> None:
             assert ref["name"] == "hf-token" and ref["optional"] is True, group
 
 
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_every_ray_pod_gets_the_serve_ingress_switches(kind: str) -> None:
+    from serve.app import HAPROXY_ENV
+
+    for group, pod in _pods(dict(_cluster_specs())[kind]):
+        for container in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert {k: env.get(k) for k in HAPROXY_ENV} == HAPROXY_ENV, group
+
+
 def test_readme_names_the_head_service() -> None:
     readme = (K8S / "README.md").read_text(encoding="utf-8")
     assert f"svc/{_raycluster()['metadata']['name']}-head-svc" in readme
