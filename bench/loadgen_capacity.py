@@ -215,7 +215,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--guidellm", default=str(REPO / ".venv-tools" / "bin" / "guidellm"))
     parser.add_argument(
-        "--rates", default="200,400,600,800,1200,1600,2000,2400,3200", help="offered req/s, ascending"
+        "--rates",
+        default="200,400,800,1200,1600,2000,2400,2800,3200,3600,4000",
+        help="offered req/s, ascending",
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="requests per step = rate x seconds")
     parser.add_argument("--worker", nargs=3, metavar=("URL", "RATE", "N"), help=argparse.SUPPRESS)

@@ -9,9 +9,11 @@ process (Ray Serve reads its switches from the environment when it is imported):
   proxy           Ray Serve LLM's classic layout: HTTP proxy actor -> OpenAI ingress replica -> LLM
                   server replica (two hops), stream chunks batched every 50 ms;
   haproxy-unbatched, proxy-unbatched   the same with Ray Serve LLM's stream batching off.
-Prints throughput, TTFT p50/p99 and ITL p50 for each, the throughput ratio vs bare (goal >= 0.97x)
-and the TTFT deltas (goal <= 5 % overhead).
-Usage: .venv/bin/python bench/serve_overhead.py [--requests 200] [--concurrency 8] [--variants bare,haproxy,proxy]
+All variants run in turn, `--rounds` times over, so each ratio pairs runs close in time (a shared
+2-core machine drifts by tens of percent between minutes). Prints throughput, TTFT p50/p99 and ITL
+p50 for every run, then per variant the median over rounds of the throughput ratio vs bare (goal
+>= 0.97x) and of the TTFT deltas (goal <= 5 % overhead).
+Usage: .venv/bin/python bench/serve_overhead.py [--requests 200] [--concurrency 8] [--variants bare,haproxy,proxy] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +100,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--variants", default=DEFAULT, help=f"any of bare,{','.join(VARIANTS)}")
+    parser.add_argument("--rounds", type=int, default=2, help="alternate all variants this many times")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = (args.requests, args.concurrency, args.prompt_tokens, args.output_tokens)
@@ -112,44 +116,56 @@ def main() -> None:
         f"{args.prompt_tokens} -> {args.output_tokens} tokens",
         flush=True,
     )
-    results: dict[str, dict] = {}
+    rounds: list[dict[str, dict]] = []
     failed: list[str] = []
+    for k in range(args.rounds):
+        results: dict[str, dict] = {}
+        for name in names:
+            s = _child(name, args)
+            if s is None:
+                failed.append(name)
+                continue
+            results[name] = s
+            print(
+                f"round {k + 1} {name:<20}{s['request_throughput']:7.2f} req/s {s['output_throughput']:6.0f} tok/s  "
+                f"TTFT p50 {s['median_ttft_ms']:6.1f} ms p99 {s['p99_ttft_ms']:6.1f} ms  "
+                f"ITL p50 {s['median_itl_ms']:5.1f} ms  failed {s['failed']}  ({s['url']})",
+                flush=True,
+            )
+        rounds.append(results)
+    if failed:
+        sys.exit(f"error: variant(s) {sorted(set(failed))} failed")
+    if "bare" not in names:
+        return
+    # Each ratio pairs a variant with the bare run of its own round (adjacent in time): the
+    # machine's drift between rounds cancels; the median over rounds is the headline.
     for name in names:
-        cmd = [sys.executable, __file__, "--child", name, "--requests", str(args.requests)]
-        cmd += ["--concurrency", str(args.concurrency), "--prompt-tokens", str(args.prompt_tokens)]
-        cmd += ["--output-tokens", str(args.output_tokens)]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            failed.append(name)
-            print(f"{name}: failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
-            continue
-        results[name] = s = json.loads(lines[-1][len("RESULT ") :])
-        print(
-            f"{name:<24}{s['request_throughput']:7.2f} req/s {s['output_throughput']:6.0f} tok/s  "
-            f"TTFT p50 {s['median_ttft_ms']:6.1f} ms p99 {s['p99_ttft_ms']:6.1f} ms  "
-            f"ITL p50 {s['median_itl_ms']:5.1f} ms  failed {s['failed']}  ({s['url']})",
-            flush=True,
-        )
-    bare = results.get("bare")
-    if not bare:
-        sys.exit(f"error: variant(s) {failed} failed" if failed else 0)
-    for name, s in results.items():
         if name == "bare":
             continue
-        ratio = s["request_throughput"] / bare["request_throughput"]
-        deltas = []
-        for q, key in (("p50", "median_ttft_ms"), ("p99", "p99_ttft_ms")):
-            d = s[key] - bare[key]
-            deltas.append(f"TTFT {q} {d:+.1f} ms ({100 * d / bare[key]:+.1f} %)")
-        print(
-            f"{name} / bare: throughput {ratio:.3f}x (goal >= 0.97x); "
-            + "; ".join(deltas)
-            + " (goal <= +5 %)"
+        ratios = [r[name]["request_throughput"] / r["bare"]["request_throughput"] for r in rounds]
+        line = (
+            f"{name} / bare over {len(rounds)} round(s): throughput median {statistics.median(ratios):.3f}x "
         )
-    if failed:
-        sys.exit(f"error: variant(s) {failed} failed")
+        line += f"(per round {', '.join(f'{x:.3f}' for x in ratios)}; goal >= 0.97x)"
+        for q, key in (("p50", "median_ttft_ms"), ("p99", "p99_ttft_ms")):
+            pct = [100 * (r[name][key] - r["bare"][key]) / r["bare"][key] for r in rounds]
+            ms = [r[name][key] - r["bare"][key] for r in rounds]
+            line += f"; TTFT {q} median {statistics.median(ms):+.1f} ms ({statistics.median(pct):+.1f} %)"
+        print(line + " (goal <= +5 %)")
+
+
+def _child(name: str, args: argparse.Namespace) -> dict | None:
+    """Run one variant in a fresh process; its summary, or None (error printed) if it failed."""
+    cmd = [sys.executable, __file__, "--child", name, "--requests", str(args.requests)]
+    cmd += ["--concurrency", str(args.concurrency), "--prompt-tokens", str(args.prompt_tokens)]
+    cmd += ["--output-tokens", str(args.output_tokens)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{name}: failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 if __name__ == "__main__":
