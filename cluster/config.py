@@ -24,6 +24,7 @@ SCHEDULERS = ("fifo", "asha")
 TASK_KINDS = ("lm_eval", "humaneval", "arena")
 LOAD_PROFILES = ("poisson", "sweep")
 SERVE_INGRESS = ("haproxy", "proxy")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts that need no API key
 
 
 @dataclass

@@ -300,9 +300,9 @@ def _check_stages(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
         _check_choice(sweep.serve.ingress, C.SERVE_INGRESS, source, "serve.ingress")
         if sweep.serve.token_scale <= 0:
             raise ConfigError(f"{source}: serve.token_scale must be positive")
-        if sweep.serve.host not in ("127.0.0.1", "localhost", "::1") and not sweep.serve.api_key:
+        if sweep.serve.host not in C.LOOPBACK and not sweep.serve.api_key:
             raise ConfigError(f"{source}: serve.api_key is required when serve.host is '{sweep.serve.host}'")
-        if sweep.serve.host not in ("127.0.0.1", "localhost", "::1") and sweep.serve.ingress == "proxy":
+        if sweep.serve.host not in C.LOOPBACK and sweep.serve.ingress == "proxy":
             raise ConfigError(
                 f"{source}: serve.ingress 'proxy' cannot check an API key; bind loopback or use 'haproxy'"
             )

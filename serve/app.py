@@ -23,11 +23,9 @@ from typing import Any
 
 import httpx
 
-from cluster.config import SERVE_INGRESS, AutoscalingConfig, EngineConfig
+from cluster.config import LOOPBACK, SERVE_INGRESS, AutoscalingConfig, EngineConfig
 from cluster.errors import StageError
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-INGRESS = SERVE_INGRESS
 # Read by Ray Serve when it is imported, in every process: the driver and the whole Ray cluster
 # must have them before Serve starts (cluster.context.init_ray sets them for the embedded Ray;
 # a real cluster gets them from k8s/).
@@ -146,8 +144,8 @@ def app_names(spec: ServeSpec) -> list[str]:
 
 
 def _check(spec: ServeSpec) -> None:
-    if spec.ingress not in INGRESS:
-        raise StageError(f"serve.ingress must be one of {list(INGRESS)}, got '{spec.ingress}'")
+    if spec.ingress not in SERVE_INGRESS:
+        raise StageError(f"serve.ingress must be one of {list(SERVE_INGRESS)}, got '{spec.ingress}'")
     if spec.host not in LOOPBACK and not spec.api_key:
         raise StageError(f"serve.host '{spec.host}' is not loopback: set serve.api_key")
     if spec.host not in LOOPBACK and spec.ingress == "proxy":
@@ -155,8 +153,8 @@ def _check(spec: ServeSpec) -> None:
     missing = [k for k, v in ray_env(spec.ingress).items() if os.environ.get(k) != v]
     if missing:
         raise StageError(
-            f"serve.ingress '{spec.ingress}' needs {missing}=1 in this process and the Ray cluster "
-            "before Serve starts (cluster.context.init_ray sets them; see k8s/ for real clusters)"
+            f"serve.ingress '{spec.ingress}' needs {', '.join(f'{k}=1' for k in missing)} in this process "
+            "and the Ray cluster before Serve starts (cluster.context.init_ray sets them; k8s/ for clusters)"
         )
 
 
