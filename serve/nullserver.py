@@ -5,9 +5,12 @@ latency or QPS number is trusted the same profile is run against this server: wh
 the client cannot reach here, it cannot measure on a real engine either. It streams `max_tokens` chunks
 of text "x" plus a usage chunk and `[DONE]`, like vLLM's `/v1/completions`, and can inject faults
 (HTTP 500 on every Nth request, a malformed stream, slow chunks) so tests exercise real HTTP failures.
-Without slow chunks the whole stream is one write, so the server costs the client as little CPU as it
-can (the client still parses every event). It binds 127.0.0.1 only and runs uvicorn (uvloop,
-httptools) in a daemon thread.
+
+The server must cost as little CPU as it can, because on a small machine it shares the cores with the
+client it measures: it is a bare ASGI app on uvicorn (uvloop, httptools), with no framework between
+(Starlette's routing, request object and streaming task group cost ~4x the CPU per request: 0.4 vs
+0.1 ms). Without slow chunks the whole stream is one write with a Content-Length; each request
+serialises two chunk events, not one per token. It binds 127.0.0.1 only and runs in a daemon thread.
 """
 
 from __future__ import annotations
@@ -18,19 +21,20 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 MODEL_ID = "null-model"
 HOST = "127.0.0.1"
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,6 @@ class Faults:
     chunk_delay_s: float = 0.0
 
 
-def _sse(obj: dict[str, Any]) -> str:
-    """One server-sent event carrying a JSON object."""
-    return f"data: {json.dumps(obj)}\n\n"
-
-
 def _prompt_tokens(prompt: Any) -> int:
     """Token count of a prompt given as token ids, or a whitespace word count for text."""
     if isinstance(prompt, list):
@@ -54,86 +53,117 @@ def _prompt_tokens(prompt: Any) -> int:
     return len(str(prompt or "").split())
 
 
-async def _events(
-    n: int, model: str, max_tokens: int, prompt_tokens: int, usage: bool, faults: Faults
-) -> AsyncIterator[str]:
-    """The SSE stream of one completion: a chunk per token, then usage (if asked) and [DONE]."""
-    head = {"id": f"cmpl-null-{n}", "object": "text_completion", "created": int(time.time()), "model": model}
-    broken = bool(faults.malformed_every and n % faults.malformed_every == 0)
-    for i in range(max_tokens):
-        if faults.chunk_delay_s:
-            await asyncio.sleep(faults.chunk_delay_s)
-        if broken and i == max_tokens // 2:
-            yield "data: {this is not json\n\n"
-            return
-        finish = "length" if i == max_tokens - 1 else None
-        choice = {"index": 0, "text": "x", "logprobs": None, "finish_reason": finish}
-        yield _sse({**head, "choices": [choice]})
-    if usage:
-        counts = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": max_tokens,
-            "total_tokens": prompt_tokens + max_tokens,
-        }
-        yield _sse({**head, "choices": [], "usage": counts})
-    yield "data: [DONE]\n\n"
+def _events(n: int, body: dict[str, Any], faults: Faults) -> list[bytes]:
+    """The SSE events of one streamed completion: a chunk per token, then usage (if asked) and [DONE]."""
+    max_tokens = int(body.get("max_tokens") or 16)
+    head = {"id": f"cmpl-null-{n}", "object": "text_completion", "created": int(time.time())}
+    head["model"] = str(body.get("model") or MODEL_ID)
+
+    def event(obj: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps({**head, **obj})}\n\n".encode()
+
+    token = event({"choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": None}]})
+    events = [token] * (max_tokens - 1)
+    events.append(
+        event({"choices": [{"index": 0, "text": "x", "logprobs": None, "finish_reason": "length"}]})
+    )
+    if faults.malformed_every and n % faults.malformed_every == 0:
+        return [*events[: max_tokens // 2], b"data: {this is not json\n\n"]
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append(event({"choices": [], "usage": _usage(body, max_tokens)}))
+    events.append(b"data: [DONE]\n\n")
+    return events
 
 
-async def _joined(events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """A stream's events as a single body chunk."""
-    yield "".join([e async for e in events])
+def _usage(body: dict[str, Any], max_tokens: int) -> dict[str, int]:
+    prompt_tokens = _prompt_tokens(body.get("prompt"))
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": max_tokens,
+        "total_tokens": prompt_tokens + max_tokens,
+    }
 
 
-def build_app(faults: Faults | None = None) -> Starlette:
-    """The Starlette app: `GET /v1/models` and `POST /v1/completions` (streamed or not)."""
+def _completion(n: int, body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON answer to a non-streamed completion request."""
+    max_tokens = int(body.get("max_tokens") or 16)
+    choice = {"index": 0, "text": "x" * max_tokens, "logprobs": None, "finish_reason": "length"}
+    return {
+        "id": f"cmpl-null-{n}",
+        "object": "text_completion",
+        "model": str(body.get("model") or MODEL_ID),
+        "choices": [choice],
+        "usage": _usage(body, max_tokens),
+    }
+
+
+async def _send_json(send: Send, status: int, obj: dict[str, Any]) -> None:
+    data = json.dumps(obj).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    await _send_json(send, status, {"error": {"message": message, "code": status}})
+
+
+async def _send_stream(send: Send, events: list[bytes], chunk_delay_s: float) -> None:
+    """Stream the events; without a delay, as one body with a Content-Length (one write, no chunking)."""
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+    if not chunk_delay_s:
+        data = b"".join(events)
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for e in events:
+        await asyncio.sleep(chunk_delay_s)
+        await send({"type": "http.response.body", "body": e, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+def build_app(faults: Faults | None = None) -> ASGIApp:
+    """The ASGI app: `GET /v1/models` and `POST /v1/completions` (streamed or not); 404/405 otherwise."""
     faults = faults or Faults()
     counter = itertools.count(1)  # one event loop serves all requests, so no lock is needed
+    models = {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "quantsweep"}]}
+    routes = {"/v1/models": "GET", "/v1/completions": "POST"}
 
-    async def models(_: Request) -> Response:
-        return JSONResponse(
-            {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "quantsweep"}]}
-        )
-
-    async def completions(request: Request) -> Response:
+    async def app(scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan is off; nothing else is served
+        path, method = scope["path"], scope["method"]
+        if path not in routes:
+            return await _send_error(send, 404, f"no route {path}")
+        if method != routes[path]:
+            return await _send_error(send, 405, f"{method} not allowed on {path}")
+        if path == "/v1/models":
+            return await _send_json(send, 200, models)
         n = next(counter)
         try:
-            body = await request.json()
+            body = json.loads(await _read_body(receive))
         except ValueError:
-            return JSONResponse({"error": {"message": "body is not JSON", "code": 400}}, status_code=400)
+            return await _send_error(send, 400, "body is not JSON")
+        if not isinstance(body, dict):
+            return await _send_error(send, 400, "body is not a JSON object")
         if faults.fail_every and n % faults.fail_every == 0:
-            return JSONResponse(
-                {"error": {"message": f"injected failure on request {n}", "code": 500}}, status_code=500
-            )
-        max_tokens = int(body.get("max_tokens") or 16)
-        prompt_tokens = _prompt_tokens(body.get("prompt"))
-        model = str(body.get("model") or MODEL_ID)
+            return await _send_error(send, 500, f"injected failure on request {n}")
         if not body.get("stream"):
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": max_tokens,
-                "total_tokens": prompt_tokens + max_tokens,
-            }
-            choice = {"index": 0, "text": "x" * max_tokens, "logprobs": None, "finish_reason": "length"}
-            return JSONResponse(
-                {
-                    "id": f"cmpl-null-{n}",
-                    "object": "text_completion",
-                    "model": model,
-                    "choices": [choice],
-                    "usage": usage,
-                }
-            )
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        stream = _events(n, model, max_tokens, prompt_tokens, include_usage, faults)
-        if not faults.chunk_delay_s:
-            # Nothing is waited for, so the whole stream goes out in one write: the server spends
-            # one send per request instead of one per token, and the client does all the parsing.
-            stream = _joined(stream)
-        return StreamingResponse(stream, media_type="text/event-stream")
+            return await _send_json(send, 200, _completion(n, body))
+        await _send_stream(send, _events(n, body, faults), faults.chunk_delay_s)
 
-    return Starlette(
-        routes=[Route("/v1/models", models), Route("/v1/completions", completions, methods=["POST"])]
-    )
+    return app
 
 
 @contextmanager

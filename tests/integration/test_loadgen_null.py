@@ -1,8 +1,10 @@
 """The load generator against the real null HTTP server: profiles, bounds and injected faults."""
 
+import json
 import random
 import time
 
+import httpx
 import pytest
 
 from serve.loadgen import (
@@ -116,7 +118,7 @@ def test_malformed_stream_is_an_error_record():
     with null_server(malformed_every=2) as base_url:
         records = run_synchronous(base_url, MODEL_ID, PROMPTS[:2], 6, warmup=0, timeout_s=10)
     assert [r.status for r in records] == ["ok", "error"]
-    assert "JSONDecodeError" in records[1].error
+    assert "DecodeError" in records[1].error  # the chunk is not JSON
 
 
 def test_request_deadline_is_an_error_record():
@@ -141,3 +143,24 @@ def test_make_prompts_is_deterministic_and_avoids_ids():
     assert a == make_prompts(50, 64, 3, seed=5, avoid_ids=range(10))
     assert a != make_prompts(50, 64, 3, seed=6, avoid_ids=range(10))
     assert all(len(p) == 64 and all(10 <= t < 50 for t in p) for p in a)
+
+
+def test_null_server_speaks_the_completions_protocol(url):
+    assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == MODEL_ID
+    assert httpx.get(f"{url}/v1/completions").status_code == 405
+    assert httpx.get(f"{url}/v1/chat").status_code == 404
+    assert httpx.post(f"{url}/v1/completions", content=b"{nope").status_code == 400
+    assert httpx.post(f"{url}/v1/completions", json=[1, 2]).status_code == 400
+    plain = httpx.post(f"{url}/v1/completions", json={"prompt": [5, 6, 7], "max_tokens": 3}).json()
+    assert plain["choices"][0]["text"] == "xxx"
+    assert plain["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    body = {"prompt": "a b", "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}}
+    r = httpx.post(f"{url}/v1/completions", json=body)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert int(r.headers["content-length"]) == len(r.content)  # one write, not chunked
+    data = [ln[len("data: ") :] for ln in r.text.split("\n\n") if ln]
+    assert data[-1] == "[DONE]"
+    events = [json.loads(d) for d in data[:-1]]
+    assert [e["choices"][0]["finish_reason"] for e in events[:4]] == [None, None, None, "length"]
+    assert events[4]["choices"] == [] and events[4]["usage"]["total_tokens"] == 6
+    assert len({e["id"] for e in events}) == 1
