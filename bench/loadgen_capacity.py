@@ -5,10 +5,12 @@ All three drive the same null server (serve.nullserver: instant answers, 16 stre
 the server's interpreter. Each tool is offered the same ladder of rates, `--seconds` worth of
 requests per step. A step is sustained when no request failed and completed / (last response end -
 first request sent) >= 90 % of the offered rate. A tool's maximum sustained rate is that achieved
-rate (at most the offered one) at its highest sustained step; its ladder stops at the first miss.
+rate (at most the offered one) at its highest sustained step; its ladder stops at the first miss,
+then `--refine` bisection steps between its last sustained rung and that miss narrow the maximum
+down (ours and `vllm bench serve`; GuideLLM's is an order of magnitude lower and keeps its rung).
 Ours and GuideLLM send at a constant rate; `vllm bench serve` has no constant mode, so it gets gamma
 arrivals with burstiness 1000 (inter-arrival CV ~3 %). GuideLLM runs its ladder in one process (its
-steps after a miss are ignored). Prints every step, each tool's maximum, ours/vllm and
+steps after a miss are dropped). Prints every step, each tool's maximum, ours/vllm and
 ours/guidellm, and whether the goal (ours >= 2x the better one) is met.
 Usage: .venv/bin/python bench/loadgen_capacity.py [--guidellm .venv-tools/bin/guidellm] [--rates 100,200]
 (`make tools` installs GuideLLM into .venv-tools.)
@@ -162,29 +164,38 @@ def guidellm_ladder(
                 bench["config"]["strategy"]["rate"], state["successful_requests"], failed, _span(starts, ends)
             )
         )
-    return steps
+    # Its ladder ran to the top in one process; as for the others, only the rungs up to its first
+    # miss count (a later rung that happens to pass is not a sustained maximum).
+    misses = [i for i, s in enumerate(steps) if not s.sustained]
+    return steps[: misses[0] + 1] if misses else steps
 
 
-def climb(step: Callable[[float, int], Step], rates: list[float], seconds: float) -> list[Step]:
-    """Offer each rate in turn; stop after the first one not sustained."""
-    steps = []
+def climb(step: Callable[[float, int], Step], rates: list[float], seconds: float, refine: int) -> list[Step]:
+    """Offer each rate in turn until one is not sustained, then bisect `refine` times below that miss."""
+    steps: list[Step] = []
+    ok, miss = 0.0, None
     for rate in rates:
         steps.append(step(rate, max(1, round(rate * seconds))))
         if not steps[-1].sustained:
+            miss = rate
             break
+        ok = rate
+    # A coarse ladder credits a tool only with its last sustained rung: bisecting between that rung and
+    # the miss finds each tool's maximum to within (miss - rung) / 2**refine, so the ratio is not an
+    # artefact of where the rungs happen to lie.
+    lo, hi = ok, miss
+    for _ in range(refine if ok and hi else 0):
+        mid = round((lo + hi) / 2)
+        steps.append(step(mid, max(1, round(mid * seconds))))
+        lo, hi = (mid, hi) if steps[-1].sustained else (lo, mid)
     return steps
 
 
 def best(steps: list[Step]) -> float:
-    """Achieved rate at the highest sustained step before the first miss, at most the rate offered."""
-    top = 0.0
-    for s in steps:
-        if not s.sustained:
-            break
-        # A tool that dispatches its first requests late (GuideLLM) finishes the step in a shorter
-        # span and "achieves" more than it was offered; the rate it sustained is still the offered one.
-        top = min(s.achieved, s.offered)
-    return top
+    """The highest rate sustained (achieved, at most the rate offered); every step offered is below the miss."""
+    # A tool that dispatches its first requests late (GuideLLM) finishes the step in a shorter
+    # span and "achieves" more than it was offered; the rate it sustained is still the offered one.
+    return max((min(s.achieved, s.offered) for s in steps if s.sustained), default=0.0)
 
 
 def report(results: dict[str, list[Step]], walls: dict[str, float], rates: list[float]) -> None:
@@ -216,10 +227,16 @@ def main() -> None:
     parser.add_argument("--guidellm", default=str(REPO / ".venv-tools" / "bin" / "guidellm"))
     parser.add_argument(
         "--rates",
-        default="200,400,800,1200,1600,2000,2400,2800,3200,3600,4000",
+        default="200,400,800,1200,1600,2000,2400,2800,3200,3600,4000,4800,5600,6400",
         help="offered req/s, ascending",
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="requests per step = rate x seconds")
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=3,
+        help="bisection steps between a tool's last sustained rate and its miss",
+    )
     parser.add_argument("--worker", nargs=3, metavar=("URL", "RATE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -237,9 +254,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, null_server() as url:
         out = Path(tmp)
         runs: dict[str, Callable[[], list[Step]]] = {
-            "ours": lambda: climb(lambda r, n: ours_step(url, r, n), rates, args.seconds),
+            "ours": lambda: climb(lambda r, n: ours_step(url, r, n), rates, args.seconds, args.refine),
             "vllm bench serve": lambda: climb(
-                lambda r, n: vllm_step(url, tokenizer, out, r, n), rates, args.seconds
+                lambda r, n: vllm_step(url, tokenizer, out, r, n), rates, args.seconds, args.refine
             ),
             "guidellm": lambda: guidellm_ladder(args.guidellm, url, tokenizer, out, rates, args.seconds),
         }
