@@ -47,6 +47,15 @@ def test_requests_without_the_api_key_are_refused(served):
     assert httpx.post(f"{served}/v1/completions", json=body, headers=AUTH, timeout=60).status_code == 200
 
 
+def test_haproxy_forwards_straight_to_the_llm_server(served, spec):
+    from ray import serve
+
+    # No ingress request router (a Python replica HAProxy would call before every request):
+    # the app is the LLM server deployment alone.
+    (name,) = app.app_names(spec)
+    assert list(serve.status().applications[name].deployments) == ["LLMServer:tiny-bf16"]
+
+
 def test_models_endpoint_lists_the_checkpoint(served):
     import httpx
 
