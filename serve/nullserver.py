@@ -53,11 +53,20 @@ def _prompt_tokens(prompt: Any) -> int:
     return len(str(prompt or "").split())
 
 
+def _max_tokens(body: dict[str, Any]) -> int:
+    return int(body.get("max_tokens") or 16)
+
+
+def _head(n: int, body: dict[str, Any]) -> dict[str, Any]:
+    """The fields every answer (and every stream chunk) to request `n` shares."""
+    model = str(body.get("model") or MODEL_ID)
+    return {"id": f"cmpl-null-{n}", "object": "text_completion", "created": int(time.time()), "model": model}
+
+
 def _events(n: int, body: dict[str, Any], faults: Faults) -> list[bytes]:
     """The SSE events of one streamed completion: a chunk per token, then usage (if asked) and [DONE]."""
-    max_tokens = int(body.get("max_tokens") or 16)
-    head = {"id": f"cmpl-null-{n}", "object": "text_completion", "created": int(time.time())}
-    head["model"] = str(body.get("model") or MODEL_ID)
+    max_tokens = _max_tokens(body)
+    head = _head(n, body)
 
     def event(obj: dict[str, Any]) -> bytes:
         return f"data: {json.dumps({**head, **obj})}\n\n".encode()
@@ -86,15 +95,9 @@ def _usage(body: dict[str, Any], max_tokens: int) -> dict[str, int]:
 
 def _completion(n: int, body: dict[str, Any]) -> dict[str, Any]:
     """The JSON answer to a non-streamed completion request."""
-    max_tokens = int(body.get("max_tokens") or 16)
+    max_tokens = _max_tokens(body)
     choice = {"index": 0, "text": "x" * max_tokens, "logprobs": None, "finish_reason": "length"}
-    return {
-        "id": f"cmpl-null-{n}",
-        "object": "text_completion",
-        "model": str(body.get("model") or MODEL_ID),
-        "choices": [choice],
-        "usage": _usage(body, max_tokens),
-    }
+    return {**_head(n, body), "choices": [choice], "usage": _usage(body, max_tokens)}
 
 
 async def _send_json(send: Send, status: int, obj: dict[str, Any]) -> None:
