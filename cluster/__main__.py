@@ -1,13 +1,20 @@
-"""`python -m cluster plan|run SWEEP [key=value ...]`: the command-line entry point.
+"""`python -m cluster plan|run|status`: the command-line entry point.
 
-User mistakes (bad config, missing paths) print one line and exit 2, with no traceback and
-nothing written; `plan` imports nothing heavy and answers in well under a second or two.
+    plan SWEEP [key=value ...]          the cells, their keys, resources and status; nothing runs
+    run SWEEP [key=value ...] [--fresh] run every cell not yet committed (resume is the default)
+    status [RUN_DIR]                    cells done, failed (with the error) or pending
+
+User mistakes (bad config, missing paths) print one `error:` line and exit 2, with no traceback and
+nothing written; `plan` imports nothing heavy and answers in well under a second. `run` exits 1
+when some cell failed (the others still ran and committed).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 from rich.console import Console
 
@@ -19,39 +26,97 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("plan", "print the cells of a sweep without running anything"),
-        ("run", "run a sweep on Ray (RAY_ADDRESS, or an embedded local Ray)"),
+        ("run", "run a sweep on Ray (RAY_ADDRESS, or an embedded local Ray); resumes by default"),
     ):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("sweep", help="a sweep file, e.g. sweeps/smoke.yaml")
         sp.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.actors=2 output_root=/runs")
+        if name == "run":
+            sp.add_argument("--fresh", action="store_true", help="recompute every cell, committed or not")
+    st = sub.add_parser("status", help="list the cells of the runs under an output root")
+    st.add_argument("root", nargs="?", default="runs", help="the run's output_root (default: runs)")
     return p
+
+
+def _console() -> Console:
+    return Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the command, map user errors to one line and exit code 2."""
     args = _parser().parse_args(argv)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = _console()
     try:
-        from cluster.loader import load_sweep
+        if args.command == "status":
+            return _status(console, Path(args.root))
+        from cluster.config.loader import load_sweep
+        from cluster.plan.cells import plan
+        from serve.host import detect
 
         sweep, catalog = load_sweep(args.sweep, args.overrides)
+        host = detect()
+        cells = plan(sweep, catalog, host)
         if args.command == "plan":
-            from cluster.plan import plan
-            from cluster.report import plan_table
+            from cluster.report.tables import plan_table
 
-            cells = plan(sweep, catalog)
+            console.print(f"host: {host.describe()}")
             console.print(plan_table(cells, f"sweep {sweep.name}: {len(cells)} cells"))
             return 0
-        from cluster.pipeline import run
-        from cluster.report import print_report
-
-        ctx = run(sweep, catalog, console)
-        print_report(console, ctx.results)
-        console.print(f"datasets under {ctx.root / 'datasets'}")
-        return 0
+        return _run(console, sweep, catalog, host, cells, args.fresh)
     except QuantsweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
+    from cluster.config.tasks import check_tasks
+    from cluster.config.loader import REPO_ROOT
+    from cluster.report.tables import print_report
+    from cluster.run.env import RunEnv
+    from cluster.run.executor import Executor
+    from cluster.run.ray_init import init_ray
+    from cluster.store import manifest
+    from cluster.store.provenance import Provenance, config_hash, git_sha
+
+    check_tasks(sweep, catalog)  # before anything is written or started
+    root = Path(sweep.output_root).resolve()
+    resolved = {"sweep": asdict(sweep), "models": {m: asdict(catalog.models[m]) for m in sweep.models},
+                "formats": {f: asdict(catalog.formats[f]) for f in sweep.formats}}
+    prov = Provenance(config_hash(resolved), git_sha(REPO_ROOT), sweep.seed)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest.write_plan(root, sweep.name, prov.run_id, host.describe(), cells)
+    console.log(f"sweep {sweep.name}: {len(cells)} cells, run {prov.run_id}, host {host.describe()}, outputs under {root}")
+    on_cluster = init_ray(sweep)
+    env = RunEnv(sweep, catalog, str(root), host, prov, gpu=host.vllm_build == "gpu")
+    summary = Executor(env, cells, console, fresh, on_cluster).run()
+    print_report(console, root, sweep.name)
+    console.print(f"datasets under {root / 'datasets'}; cells: {summary.done} done, {summary.skipped} skipped, "
+                  f"{len(summary.failed)} failed ({summary.resumed} already committed before this run)")
+    for label in summary.failed:
+        console.print(f"failed: {label}", markup=False)
+    return 1 if summary.failed else 0
+
+
+def _status(console: Console, root: Path) -> int:
+    from cluster.report.tables import status_table
+    from cluster.store import manifest
+
+    plans = manifest.read_plans(root)
+    if not plans:
+        print(f"error: {root}: no run found (no plans/*.json)", file=sys.stderr)
+        return 2
+    for snap in plans:
+        rows = []
+        for data in snap["cells"]:
+            cell = manifest.cell_from(data)
+            m = manifest.read(root, cell.key)
+            state = m["status"] if m else "pending"
+            info = (m.get("error") or m.get("note") or "") if m else ""
+            rows.append((cell, state, info))
+        counts = {s: sum(1 for _, st, _ in rows if st == s) for s in ("done", "skipped", "failed", "blocked", "pending")}
+        title = f"sweep {snap['sweep']} (run {snap['run_id']}): " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        console.print(status_table(rows, title))
+    return 0
 
 
 if __name__ == "__main__":

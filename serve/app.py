@@ -11,7 +11,7 @@ Two ingress layouts (`serve.ingress`):
 bench/serve_overhead.py measures both against bare `vllm serve`. Engine arguments are pinned from
 config and returned so they can be recorded with every result (Ray Serve LLM ran different engine
 defaults: Ray issue 55159). On CPU machines each engine gets its own core and KV-cache budget; on
-GPU clusters each replica gets `tensor_parallel_size` GPUs.
+GPU clusters each replica gets `tensor_parallel_size` GPUs of the accelerator type its cell names.
 """
 
 from __future__ import annotations
@@ -23,16 +23,21 @@ from typing import Any
 
 import httpx
 
-from cluster.config import LOOPBACK, SERVE_INGRESS, AutoscalingConfig, EngineConfig
-from cluster.errors import StageError
+from serve.config import LOOPBACK, SERVE_INGRESS, EngineConfig, ServeConfig
+from serve.engine import cpu_env, engine_kwargs
+from serve.host import HostProfile
 
 # Read by Ray Serve when it is imported, in every process: the driver and the whole Ray cluster
-# must have them before Serve starts (cluster.context.init_ray sets them for the embedded Ray;
-# a real cluster gets them from k8s/).
+# must have them before Serve starts (cluster.run.ray_init sets them for the embedded Ray; a real
+# cluster gets them from k8s/).
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 }
+
+
+class ServeError(RuntimeError):
+    """The Serve application could not be started as configured."""
 
 
 def ray_env(ingress: str) -> dict[str, str]:
@@ -40,94 +45,60 @@ def ray_env(ingress: str) -> dict[str, str]:
     return dict(HAPROXY_ENV) if ingress == "haproxy" else {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServedModel:
-    """One checkpoint to serve: its public model id, its path and its GPU count."""
+    """One checkpoint to serve: its public model id, its path, its GPU count and GPU kind."""
 
     model_id: str
     path: str
     tensor_parallel_size: int = 1
+    accelerator: str | None = None  # Ray's accelerator type (e.g. H100); None: any node
 
 
-@dataclass
-class ServeSpec:
-    """Everything that shapes the application; recorded with each perf row."""
+@dataclass(frozen=True)
+class Deployment:
+    """What one Serve launch needs beyond the sweep's `serve` and `engine` config."""
 
-    models: list[ServedModel]
-    engine: EngineConfig
-    cpu_only: bool
-    replicas: int = 1
-    autoscaling: AutoscalingConfig | None = None  # when set, Ray Serve scales replicas in its bounds
-    cpus_per_replica: float = 1
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
+    models: tuple[ServedModel, ...]
+    cpu: bool  # vLLM's CPU build (one core per engine) or GPUs
+    host: HostProfile
     app_name: str = "quantsweep"
-    ingress: str = "haproxy"  # haproxy | proxy (see the module docstring)
     extra_env: dict[str, str] = field(default_factory=dict)
-    stream_batching_interval_ms: float | None = None  # Ray Serve LLM's chunk batching; None = its default
+    stream_batching_interval_ms: float | None = None  # Ray Serve LLM's chunk batching; None: its default
 
 
-def engine_kwargs(engine: EngineConfig, tp: int, cpu_only: bool) -> dict[str, Any]:
-    """The vLLM engine arguments every replica runs with."""
-    kwargs: dict[str, Any] = {
-        "max_num_seqs": engine.max_num_seqs,
-        "max_model_len": engine.max_model_len,
-        "dtype": engine.dtype,
-        "enforce_eager": engine.enforce_eager,
-        "seed": engine.seed,
-        "tensor_parallel_size": tp,
-    }
-    if not cpu_only:
-        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
-    elif tp == 1:
-        # The engine core already runs in its own process; a separate worker process per
-        # engine only adds start-up time on CPU.
-        kwargs["distributed_executor_backend"] = "uni"
-    return kwargs
-
-
-def deployment_config(spec: ServeSpec) -> dict[str, Any]:
+def deployment_config(cfg: ServeConfig) -> dict[str, Any]:
     """The Ray Serve deployment options of every model: fixed replicas, or an autoscaling range."""
-    if spec.autoscaling is None:
-        return {"num_replicas": spec.replicas}
-    return {"autoscaling_config": asdict(spec.autoscaling)}
+    if cfg.autoscaling is None:
+        return {"num_replicas": cfg.replicas}
+    return {"autoscaling_config": asdict(cfg.autoscaling)}
 
 
-def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
-    """Environment of a served vLLM engine on CPU (Ray Serve replica or bare `vllm serve`)."""
-    return {
-        "VLLM_TARGET_DEVICE": "cpu",
-        "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kv_cache_gib),
-        # Every engine binds to the last core (the load tests drive one model at a time), leaving
-        # the others to the proxy, ingress and client; one runtime env for all configs also lets
-        # Ray reuse worker processes for their start-up tasks.
-        "VLLM_CPU_OMP_THREADS_BIND": str((os.cpu_count() or 1) - 1),
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    }
-
-
-def _llm_config(spec: ServeSpec, model: ServedModel):
+def _llm_config(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: ServedModel):
     """A ray.serve.llm LLMConfig for one checkpoint."""
     from ray.serve.llm import LLMConfig
 
-    env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", **ray_env(spec.ingress), **spec.extra_env}
-    if spec.api_key:
-        env["VLLM_API_KEY"] = spec.api_key  # vLLM's own app checks it (haproxy layout)
+    env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", **ray_env(cfg.ingress), **dep.extra_env}
+    if cfg.api_key:
+        env["VLLM_API_KEY"] = cfg.api_key  # vLLM's own app checks it (haproxy layout)
     extra: dict[str, Any] = {}
-    if spec.cpu_only:
-        env.update(cpu_engine_env(spec.engine))
+    if dep.cpu:
+        # Every engine binds to the last core (load tests drive one model at a time), leaving the
+        # others to HAProxy and the client.
+        env.update(cpu_env(engine, core=None))
         extra = {
             "accelerator_config": {"kind": "cpu"},
-            "placement_group_config": {"bundles": [{"CPU": spec.cpus_per_replica}]},
+            "placement_group_config": {"bundles": [{"CPU": cfg.cpus_per_replica}]},
         }
+    elif model.accelerator:
+        extra = {"accelerator_type": model.accelerator}
     experimental: dict[str, Any] = {}
-    if spec.stream_batching_interval_ms is not None:
-        experimental["stream_batching_interval_ms"] = spec.stream_batching_interval_ms
+    if dep.stream_batching_interval_ms is not None:
+        experimental["stream_batching_interval_ms"] = dep.stream_batching_interval_ms
     return LLMConfig(
         model_loading_config={"model_id": model.model_id, "model_source": model.path},
-        engine_kwargs=engine_kwargs(spec.engine, model.tensor_parallel_size, spec.cpu_only),
-        deployment_config=deployment_config(spec),
+        engine_kwargs=engine_kwargs(engine, dep.host, model.tensor_parallel_size, dep.cpu, executor=False),
+        deployment_config=deployment_config(cfg),
         runtime_env={"env_vars": env},
         log_engine_metrics=False,
         experimental_configs=experimental,
@@ -152,50 +123,51 @@ def _direct_app(config: Any) -> Any:
     return build_llm_deployment(config, name_prefix="LLMServer:", deployment_cls=serve.ingress()(LLMServer))
 
 
-def app_names(spec: ServeSpec) -> list[str]:
-    """The Ray Serve application names a spec deploys."""
-    if spec.ingress == "proxy":
-        return [spec.app_name]
-    return [f"{spec.app_name}-{m.model_id}" for m in spec.models]
+def app_names(cfg: ServeConfig, dep: Deployment) -> list[str]:
+    """The Ray Serve application names a deployment creates."""
+    if cfg.ingress == "proxy":
+        return [dep.app_name]
+    return [f"{dep.app_name}-{m.model_id}" for m in dep.models]
 
 
-def _check(spec: ServeSpec) -> None:
-    if spec.ingress not in SERVE_INGRESS:
-        raise StageError(f"serve.ingress must be one of {list(SERVE_INGRESS)}, got '{spec.ingress}'")
-    if spec.host not in LOOPBACK and not spec.api_key:
-        raise StageError(f"serve.host '{spec.host}' is not loopback: set serve.api_key")
-    if spec.host not in LOOPBACK and spec.ingress == "proxy":
-        raise StageError("serve.ingress 'proxy' cannot check an API key: bind loopback or use 'haproxy'")
-    missing = [k for k, v in ray_env(spec.ingress).items() if os.environ.get(k) != v]
+def _check(cfg: ServeConfig) -> None:
+    if cfg.ingress not in SERVE_INGRESS:
+        raise ServeError(f"serve.ingress must be one of {list(SERVE_INGRESS)}, got '{cfg.ingress}'")
+    if cfg.host not in LOOPBACK and not cfg.api_key:
+        raise ServeError(f"serve.host '{cfg.host}' is not loopback: set serve.api_key")
+    if cfg.host not in LOOPBACK and cfg.ingress == "proxy":
+        raise ServeError("serve.ingress 'proxy' cannot check an API key: bind loopback or use 'haproxy'")
+    missing = [k for k, v in ray_env(cfg.ingress).items() if os.environ.get(k) != v]
     if missing:
-        raise StageError(
-            f"serve.ingress '{spec.ingress}' needs {', '.join(f'{k}=1' for k in missing)} in this process "
-            "and the Ray cluster before Serve starts (cluster.context.init_ray sets them; k8s/ for clusters)"
+        raise ServeError(
+            f"serve.ingress '{cfg.ingress}' needs {', '.join(f'{k}=1' for k in missing)} in this process "
+            "and the Ray cluster before Serve starts (cluster.run.ray_init sets them; k8s/ for clusters)"
         )
 
 
-def start(spec: ServeSpec, timeout_s: float = 600.0) -> dict[str, str]:
+def start(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, timeout_s: float = 600.0) -> dict[str, str]:
     """Deploy and wait until every model answers; return each model id's OpenAI base URL."""
-    _check(spec)
+    _check(cfg)
     from ray import serve
     from ray.serve.llm import build_openai_app
 
-    serve.start(http_options={"host": spec.host, "port": spec.port})
-    root = f"http://{'127.0.0.1' if spec.host in LOOPBACK else spec.host}:{spec.port}"
-    if spec.ingress == "proxy":
-        configs = [_llm_config(spec, m) for m in spec.models]
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    root = f"http://{'127.0.0.1' if cfg.host in LOOPBACK else cfg.host}:{cfg.port}"
+    if cfg.ingress == "proxy":
+        configs = [_llm_config(cfg, engine, dep, m) for m in dep.models]
         app = build_openai_app({"llm_configs": configs})
-        serve.run(app, name=spec.app_name, route_prefix="/", blocking=False)
-        urls = {m.model_id: root for m in spec.models}
+        serve.run(app, name=dep.app_name, route_prefix="/", blocking=False)
+        urls = {m.model_id: root for m in dep.models}
     else:
-        urls = {}
-        for name, m in zip(app_names(spec), spec.models, strict=True):
-            serve.run(
-                _direct_app(_llm_config(spec, m)), name=name, route_prefix=f"/{m.model_id}", blocking=False
-            )
-            urls[m.model_id] = f"{root}/{m.model_id}"
+        # every app at once: their replicas start side by side instead of one after another
+        targets = [
+            serve.RunTarget(_direct_app(_llm_config(cfg, engine, dep, m)), name=name, route_prefix=f"/{m.model_id}")
+            for name, m in zip(app_names(cfg, dep), dep.models, strict=True)
+        ]
+        serve.run_many(targets, wait_for_applications_running=False)
+        urls = {m.model_id: f"{root}/{m.model_id}" for m in dep.models}
     for model_id, url in urls.items():
-        wait_ready(url, [model_id], spec.api_key, timeout_s)
+        wait_ready(url, [model_id], cfg.api_key, timeout_s)
     return urls
 
 
@@ -221,12 +193,17 @@ def wait_ready(base_url: str, model_ids: list[str], api_key: str | None, timeout
             last = str(exc)
         time.sleep(2)
     if pending:
-        raise StageError(f"Serve app not ready after {timeout_s:.0f}s ({pending[0]}): {last}")
+        raise ServeError(f"Serve app not ready after {timeout_s:.0f}s ({pending[0]}): {last}")
 
 
-def stop(spec: ServeSpec) -> None:
-    """Delete the spec's applications (and their replicas)."""
+def stop(cfg: ServeConfig, dep: Deployment, timeout_s: float = 120.0) -> None:
+    """Delete the deployment's applications (and their replicas), all at once, and wait until gone."""
     from ray import serve
 
-    for name in app_names(spec):
-        serve.delete(name)
+    names = app_names(cfg, dep)
+    for name in names:
+        serve.delete(name, _blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and set(names) & set(serve.status().applications):
+        time.sleep(1)
+

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import httpx
 
-from serve.app import ServedModel, ServeSpec, cpu_engine_env, engine_kwargs
+from serve.app import Deployment, ServedModel
+from serve.config import EngineConfig, ServeConfig
+from serve.engine import cpu_env, engine_kwargs
 
 REPO = str(Path(__file__).resolve().parent.parent)
 
 
-def command(spec: ServeSpec, model: ServedModel, port: int) -> list[str]:
-    """The `vllm serve` command line for one checkpoint with the spec's engine arguments."""
+def command(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: ServedModel, port: int) -> list[str]:
+    """The `vllm serve` command line for one checkpoint with the config's engine arguments."""
     cmd = [
         sys.executable,
         "-m",
@@ -36,24 +38,26 @@ def command(spec: ServeSpec, model: ServedModel, port: int) -> list[str]:
         "--port",
         str(port),
     ]
-    for key, value in engine_kwargs(spec.engine, model.tensor_parallel_size, spec.cpu_only).items():
+    for key, value in engine_kwargs(engine, dep.host, model.tensor_parallel_size, dep.cpu).items():
         flag = "--" + key.replace("_", "-")
         cmd += [flag] if value is True else ([] if value is False else [flag, str(value)])
-    if spec.api_key:
-        cmd += ["--api-key", spec.api_key]
+    if cfg.api_key:
+        cmd += ["--api-key", cfg.api_key]
     return cmd
 
 
 @contextmanager
-def vllm_serve(spec: ServeSpec, model: ServedModel, port: int, timeout_s: float = 600) -> Iterator[str]:
+def vllm_serve(
+    cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: ServedModel, port: int, timeout_s: float = 600
+) -> Iterator[str]:
     """Run `vllm serve` until the block ends; yield its base URL once it answers."""
     env = dict(os.environ)
     # `-m serve.vllm_cli` must import this checkout, whatever the caller's working directory.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
-    if spec.cpu_only:
-        env.update(cpu_engine_env(spec.engine))
+    if dep.cpu:
+        env.update(cpu_env(engine, core=None))
     proc = subprocess.Popen(
-        command(spec, model, port),
+        command(cfg, engine, dep, model, port),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -10,26 +10,11 @@ measures the client, not the server (vLLM issue 39963), and is flagged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from serve import loadgen, metrics
+from serve.config import ServeConfig
 from serve.records import RequestRecord
 
 SATURATED = 0.9  # completed / offered below this: over-saturated
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """How far a sweep goes."""
-
-    points: int = 4
-    sync_requests: int = 4
-    peak_concurrency: int = 32
-    peak_requests: int = 64
-    duration_s: float = 10.0
-    max_requests: int = 200
-    error_budget: float = 0.05
-    timeout_s: float = 120.0
 
 
 def sweep_rates(sync_rate: float, peak_rate: float, points: int) -> list[float]:
@@ -45,20 +30,25 @@ def run_sweep(
     model: str,
     prompts: list[list[int]],
     max_tokens: int,
-    plan: SweepPlan,
+    cfg: ServeConfig,
+    peak_concurrency: int,
     seed: int = 0,
-    api_key: str | None = None,
 ) -> list[RequestRecord]:
-    """Synchronous -> throughput peak -> Poisson rates between, until saturated or over budget."""
+    """Synchronous -> throughput peak (closed loop at `peak_concurrency`) -> Poisson rates between.
+
+    Stops once a rate is over-saturated or past `cfg.error_budget`; bounded by the config's
+    `async_duration_s` and `async_max_requests` per point.
+    """
+    api_key = cfg.api_key
     records = loadgen.run_synchronous(
         base_url,
         model,
         prompts,
         max_tokens,
         api_key=api_key,
-        timeout_s=plan.timeout_s,
+        timeout_s=cfg.request_timeout_s,
         warmup=1,
-        max_requests=plan.sync_requests,
+        max_requests=cfg.sync_requests,
     )
     sync_rate = metrics.summarize(records)["request_throughput"]
     peak = loadgen.run_concurrent(
@@ -66,30 +56,30 @@ def run_sweep(
         model,
         prompts,
         max_tokens,
-        concurrency=plan.peak_concurrency,
-        max_requests=plan.peak_requests,
-        duration_s=plan.duration_s,
+        concurrency=peak_concurrency,
+        max_requests=cfg.async_max_requests,
+        duration_s=cfg.async_duration_s,
         api_key=api_key,
-        timeout_s=plan.timeout_s,
+        timeout_s=cfg.request_timeout_s,
     )
     records += peak
     peak_rate = metrics.summarize(peak)["request_throughput"]
-    for rate in sweep_rates(sync_rate, peak_rate, plan.points):
+    for rate in sweep_rates(sync_rate, peak_rate, cfg.sweep_points):
         run = loadgen.run_poisson(
             base_url,
             model,
             prompts,
             max_tokens,
             rate=rate,
-            duration_s=plan.duration_s,
-            max_requests=plan.max_requests,
+            duration_s=cfg.async_duration_s,
+            max_requests=cfg.async_max_requests,
             seed=seed,
             api_key=api_key,
-            timeout_s=plan.timeout_s,
+            timeout_s=cfg.request_timeout_s,
         )
         records += run
         s = metrics.summarize(run)
-        if s["error_rate"] > plan.error_budget or s["request_throughput"] < SATURATED * rate:
+        if s["error_rate"] > cfg.error_budget or s["request_throughput"] < SATURATED * rate:
             break
     return records
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cluster.errors import ConfigError
-from cluster.loader import load_catalog, load_sweep
+from cluster.config.loader import load_catalog, load_sweep
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def _smoke() -> dict:
 
 def test_catalog_has_the_study_entries():
     cat = load_catalog()
-    assert set(cat.formats) == {"bf16", "w8a8-fp", "w8a8-int", "w4a16-int"}
+    assert {"bf16", "w8a8-fp", "w8a8-int", "w4a16-int"} <= set(cat.formats)
     assert len(cat.use_cases) == 7
     assert cat.use_cases["summarization"].prompt_tokens == 4096
     assert cat.hardware["h100"].price_per_hour[8] == 23.92
@@ -41,7 +41,7 @@ def test_catalog_has_the_study_entries():
 @pytest.mark.parametrize("sweep", ["smoke.yaml", "full_family.yaml"])
 def test_shipped_sweeps_load(sweep):
     cfg, cat = load_sweep(REPO / "sweeps" / sweep)
-    assert cfg.formats == ["bf16", "w8a8-fp", "w8a8-int", "w4a16-int"]
+    assert cfg.formats[:4] == ["bf16", "w8a8-fp", "w8a8-int", "w4a16-int"]
 
 
 @pytest.mark.parametrize("sweep", ["int8_recovery.yaml", "w4a16_recovery.yaml"])
@@ -56,6 +56,7 @@ def test_shipped_tuning_sweeps_keep_the_tuning_validation_split(sweep):
 def test_cli_overrides_merge_and_recipe_overrides_apply():
     cfg, cat = load_sweep(REPO / "sweeps" / "smoke.yaml", ["eval.actors=3", "serve.token_scale=0.5"])
     assert cfg.eval.actors == 3 and cfg.serve.token_scale == 0.5
+    assert cat.formats["w4a16-int"].recipe.calibration.num_samples == 64
     assert cat.formats["w8a8-int"].recipe.calibration.num_samples == 64
 
 
@@ -92,6 +93,7 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
         (lambda d: d.pop("models"), "missing required key 'models'"),
         (lambda d: d["recipe_overrides"].update({"w4a16-int": {"dampening_frac": 2.0}}), "dampening_frac"),
         (lambda d: d["tune"].update(space={"dampening_frac": [0.01, 2.0]}), "tune.space.dampening_frac=2.0"),
+        (lambda d: d["tune"].update(space={"group_size": [32, -1]}), "tune.space.group_size=-1"),
         (lambda d: d["tune"].update(space={"block_size": ["big"]}), "tune.space.block_size"),
         (lambda d: d["tune"].update(search="bayes"), "tune.search 'bayes' is not one of"),
         (lambda d: d["tune"].update(scheduler="hyperband"), "tune.scheduler 'hyperband' is not one of"),

@@ -1,4 +1,5 @@
-"""Sweep expansion: every cell planned, keys stable, impossible cells skipped with a reason."""
+"""Sweep expansion: every cell planned with its dependencies, keys stable and derived from their
+inputs, impossible cells skipped with a reason, and the host deciding how each format is scored."""
 
 from __future__ import annotations
 
@@ -7,29 +8,58 @@ from pathlib import Path
 
 import pytest
 
-from cluster.loader import load_catalog, load_sweep
-from cluster.plan import device_count, plan
+from cluster.config.loader import load_catalog, load_sweep
+from cluster.plan.cells import device_count, plan
+from serve import host
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
+AVX2 = host.detect(frozenset({"avx", "avx2", "fma"}))
+AMX = host.detect(frozenset({"avx2", "avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512_bf16", "amx_bf16"}))
+
+
+def _cells(sweep: str = "smoke.yaml", overrides=None, profile=AMX):
+    s, cat = load_sweep(REPO / "sweeps" / sweep, overrides)
+    return plan(s, cat, profile)
 
 
 def test_full_family_expands_every_combination():
-    sweep, cat = load_sweep(REPO / "sweeps" / "full_family.yaml")
-    cells = plan(sweep, cat)
+    cells = _cells("full_family.yaml")
     stages = Counter(c.stage for c in cells)
-    assert stages["quantize"] == 3 * 4
-    assert stages["evaluate"] == 3 * 4 * 2
-    assert stages["serve"] == 3 * 4 * 3 * 7 * 2
+    assert stages["prepare"] == 3 and stages["quantize"] == stages["health"] == 3 * 4
+    assert stages["evaluate"] == stages["recovery"] == 3 * 4 * 2
+    assert stages["loadtest"] == 3 * 4 * 3 * 7
     assert stages["tune"] == 3
     assert len({c.key for c in cells}) == len(cells)
 
 
+def test_dependencies_point_upstream_and_exist():
+    cells = _cells()
+    seen: set[str] = set()
+    for c in cells:
+        assert set(c.deps) <= seen, f"{c.label} depends on a cell planned after it"
+        seen.add(c.key)
+    by = {(c.stage, c.format, c.suite): c for c in cells}
+    rec = by[("recovery", "w8a8-int", "tiny")]
+    assert set(rec.deps) == {by[("evaluate", "w8a8-int", "tiny")].key, by[("evaluate", "bf16", "tiny")].key}
+
+
 def test_fp8_is_skipped_without_fp8_kernels_and_planned_on_h100():
-    sweep, cat = load_sweep(REPO / "sweeps" / "full_family.yaml")
-    serve = [c for c in plan(sweep, cat) if c.stage == "serve" and c.format == "w8a8-fp"]
-    assert all(c.status.startswith("skipped: a100 has no fast fp8") for c in serve if "xa100" in c.detail)
-    assert any(c.status == "planned" for c in serve if "xh100" in c.detail)
+    cells = [c for c in _cells("full_family.yaml") if c.stage == "loadtest" and c.format == "w8a8-fp"]
+    assert all(c.status == "skipped" and "a100 has no fast fp8" in c.reason for c in cells if c.hardware == "a100")
+    assert any(c.status == "planned" for c in cells if c.hardware == "h100")
+
+
+def test_an_avx2_host_scores_w4a16_through_a_dense_copy_and_says_so():
+    avx2 = {(c.stage, c.format): c for c in _cells(profile=AVX2)}
+    amx = {(c.stage, c.format): c for c in _cells(profile=AMX)}
+    assert avx2[("evaluate", "w4a16-int")].route == "dequantized" and amx[("evaluate", "w4a16-int")].route == "kernel"
+    assert avx2[("evaluate", "w8a8-int")].route == "kernel"
+    load = avx2[("loadtest", "w4a16-int")]
+    assert load.status == "skipped" and "AVX2 CPU build (_C_AVX2) has no W4A16 kernel" in load.reason
+    assert amx[("loadtest", "w4a16-int")].status == "planned"
+    # the compute dtype and the route are part of the key: a checkpoint made on one kind is not reused on the other
+    assert avx2[("quantize", "w4a16-int")].key != amx[("quantize", "w4a16-int")].key
 
 
 def test_gpu_counts_follow_the_model_table_and_memory():
@@ -43,26 +73,24 @@ def test_gpu_counts_follow_the_model_table_and_memory():
 
 
 def test_405b_bf16_beyond_the_price_table_is_skipped_with_reason():
-    sweep, cat = load_sweep(REPO / "sweeps" / "full_family.yaml")
-    cells = [
-        c
-        for c in plan(sweep, cat)
-        if c.stage == "serve"
-        and c.model == "llama-3.1-405b-instruct"
-        and c.format == "bf16"
-        and "h100" in c.detail
-    ]
-    assert cells and all("needs 16 x NVIDIA H100" in c.status for c in cells)
+    cells = [c for c in _cells("full_family.yaml") if c.stage == "loadtest" and c.model == "llama-3.1-405b-instruct"
+             and c.format == "bf16" and c.hardware == "h100"]
+    assert cells and all("needs 16 x NVIDIA H100" in c.reason for c in cells)
 
 
-def test_keys_change_with_the_recipe_and_not_otherwise():
-    sweep, cat = load_sweep(REPO / "sweeps" / "smoke.yaml")
-    a = {c.detail: c.key for c in plan(sweep, cat) if c.stage == "quantize"}
-    sweep2, cat2 = load_sweep(REPO / "sweeps" / "smoke.yaml")
-    assert a == {c.detail: c.key for c in plan(sweep2, cat2) if c.stage == "quantize"}
-    sweep3, cat3 = load_sweep(
-        REPO / "sweeps" / "smoke.yaml", ["recipe_overrides.w8a8-int={calibration.num_samples: 32}"]
-    )
-    q1 = [c.key for c in plan(sweep, cat) if c.stage == "quantize" and c.format == "w8a8-int"]
-    q3 = [c.key for c in plan(sweep3, cat3) if c.stage == "quantize" and c.format == "w8a8-int"]
-    assert q1 != q3
+def test_a_changed_recipe_changes_exactly_the_keys_downstream_of_it():
+    a = {(c.stage, c.format, c.suite, c.use_case): c.key for c in _cells()}
+    assert a == {(c.stage, c.format, c.suite, c.use_case): c.key for c in _cells()}
+    b = {(c.stage, c.format, c.suite, c.use_case): c.key
+         for c in _cells(overrides=["recipe_overrides.w8a8-int={calibration.num_samples: 32}"])}
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed == {k for k in a if k[1] == "w8a8-int" and k[0] != "similarity"} | {
+        ("similarity", "w8a8-int", "", "")
+    }
+
+
+def test_a_changed_suite_setting_reruns_evaluations_not_quantization():
+    a = {(c.stage, c.format): c.key for c in _cells()}
+    b = {(c.stage, c.format): c.key for c in _cells(overrides=["eval.limit=20"])}
+    assert all(a[k] == b[k] for k in a if k[0] in ("prepare", "quantize", "health", "loadtest"))
+    assert all(a[k] != b[k] for k in a if k[0] in ("evaluate", "recovery"))

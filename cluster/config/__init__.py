@@ -1,0 +1,1 @@
+"""Configuration: the schema (omegaconf structured configs), strict YAML loading, and every check."""

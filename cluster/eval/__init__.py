@@ -1,0 +1,1 @@
+"""Evaluation internals: engine hosts, sharded lm-eval, scoring, statistics, HumanEval, arena, text similarity."""

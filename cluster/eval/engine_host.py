@@ -1,0 +1,96 @@
+"""Engine hosts: Ray actors that keep vLLM imported and hold one checkpoint's engine at a time.
+
+A host wraps lm-eval's own vLLM backend (`lm_eval.models.vllm_causallms.VLLM`, an in-process engine),
+so each request is computed exactly as `lm_eval.simple_evaluate(model="vllm")` computes it. Loading
+another checkpoint frees the previous engine first; importing vLLM and lm-eval, most of an engine's
+start-up on a CPU machine, happens once per host. On CPU each host is bound to one core.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import Any
+
+from cluster.plan.cells import Cell
+from cluster.run.env import RunEnv
+from serve import engine as engine_spec
+
+
+class EngineHost:
+    """A Ray actor: one in-process vLLM engine behind lm-eval's VLLM backend, reloadable."""
+
+    def __init__(self) -> None:
+        engine_spec.prepare_process()
+        from lm_eval.models.vllm_causallms import VLLM  # noqa: F401 - import once, here
+
+        self.lm: Any = None
+        self.loaded: tuple[str, str] | None = None
+
+    def load(self, path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Load `path` with lm-eval VLLM kwargs (a no-op when it is already loaded)."""
+        ident = (path, repr(sorted(kwargs.items())))
+        if self.loaded == ident:
+            return {"ok": True, "load_s": 0.0, "error": None}
+        self.unload()
+        start = time.perf_counter()
+        try:
+            from lm_eval.models.vllm_causallms import VLLM
+
+            self.lm = VLLM(pretrained=path, **kwargs)
+        except Exception as exc:  # the caller records it (health: load_failed)
+            self.unload()
+            return {"ok": False, "load_s": None, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        self.loaded = ident
+        return {"ok": True, "load_s": time.perf_counter() - start, "error": None}
+
+    def unload(self) -> None:
+        """Free the current engine."""
+        self.lm, self.loaded = None, None
+        gc.collect()
+
+    def run(self, method: str, args: list[tuple]) -> list[Any]:
+        """Run one shard of lm-eval requests (their `args` only) through the backend."""
+        from lm_eval.api.instance import Instance
+
+        reqs = [Instance(request_type=method, doc={}, arguments=a, idx=0) for a in args]
+        return list(getattr(self.lm, method)(reqs, disable_tqdm=True))
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a backend method or read a property (chat templates, tokenizer name)."""
+        attr = getattr(self.lm, name)
+        return attr(*args, **kwargs) if callable(attr) else attr
+
+    def generate(self, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+        """Greedy completions with the log-probability of each chosen token."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=1)
+        outs = self.lm.model.generate(prompts, params, use_tqdm=False)
+        result = []
+        for out in outs:
+            gen = out.outputs[0]
+            lps = [lp[t].logprob for t, lp in zip(gen.token_ids, gen.logprobs or [], strict=False) if lp]
+            result.append({"text": gen.text, "tokens": len(gen.token_ids), "logprobs": lps})
+        return result
+
+    def pid(self) -> int:
+        """The host's process id (tests kill hosts by it)."""
+        return os.getpid()
+
+
+def start_host(env: RunEnv, cell: Cell, slot: int) -> Any:
+    """One engine host actor; on CPU bound to core `slot`, on GPUs holding the checkpoint's TP GPUs."""
+    import ray
+
+    if env.gpu:
+        tp = env.catalog.models[cell.model].gpus.get(cell.format, 1)
+        opts: dict[str, Any] = {"num_cpus": env.sweep.eval.cpus_per_actor, "num_gpus": tp}
+        env_vars = dict(engine_spec.IN_PROCESS_ENV) if tp == 1 else {}
+    else:
+        # CPU slots are the executor's to count (run.max_parallel); the binding is explicit.
+        opts = {"num_cpus": 0}
+        env_vars = {**engine_spec.IN_PROCESS_ENV, **engine_spec.cpu_env(env.sweep.engine, core=slot)}
+    cls = ray.remote(max_restarts=0)(EngineHost)
+    return cls.options(runtime_env={"env_vars": env_vars}, **opts).remote()

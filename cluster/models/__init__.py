@@ -1,0 +1,1 @@
+"""Models quantsweep builds itself (the random tiny Llama, the trained organism) and model import."""

@@ -1,0 +1,1 @@
+"""Planning: a sweep becomes typed cells with content keys, dependencies and resources."""

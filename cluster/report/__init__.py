@@ -1,0 +1,1 @@
+"""What a run measured, for people: tables read from the committed datasets."""

@@ -1,0 +1,1 @@
+"""Running a plan: Ray, the executor, sessions, progress, the stage registry."""

@@ -1,0 +1,394 @@
+"""The executor: dispatch ready cells to Ray in dependency order, commit each one as it finishes.
+
+It is the only thing that writes results (`cluster.store.commit`). A rerun skips every cell whose
+key already committed (done or skipped); `fresh` recomputes everything. A cell that raises is
+committed as failed with its error (its rows say so) and the others go on; cells depending on it are
+blocked (their rows say why) and run on the next attempt. Cells lost to infrastructure (a dead
+worker, actor or node) are retried, up to `MAX_ATTEMPTS` times.
+
+How many cells run at once: on the embedded local Ray, `run.max_parallel` (the host's cores by
+default) counting each running cell and each leased engine host as one; measurement cells (load
+tests) run alone there, with nothing beside them. On a cluster Ray's resources decide.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from cluster.plan.cells import STAGES as STAGE_ORDER
+from cluster.plan.cells import Cell
+from cluster.run import registry
+from cluster.run.env import CellRun, RunEnv
+from cluster.run.progress import Tally, clock, start_board
+from cluster.run.sessions import HostPool, Session, dead_hosts, session_key
+from cluster.store import manifest
+from cluster.store.commit import CellResult, commit
+
+MAX_ATTEMPTS = 3
+OK = ("done", "skipped")
+
+
+@dataclass
+class _Running:
+    cell: Cell
+    started: float
+    session: Session | None = None
+    attempt: int = 1
+
+
+@dataclass
+class Summary:
+    """How a run ended."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)  # labels of failed or blocked cells
+    resumed: int = 0  # cells already committed before this run
+
+
+_RUNNERS: dict[bool, Any] = {}
+
+
+def _remote_runner(cell: Cell, env: RunEnv):
+    """The Ray remote function (with options) that runs a cell."""
+    import ray
+
+    stage = registry.STAGES[cell.stage]
+    # GPU memory a reused worker cached would stay taken: on GPUs every quantization gets its own process
+    fresh = stage.fresh_process or (stage.name == "quantize" and env.gpu)
+    if fresh not in _RUNNERS:  # max_calls is fixed per remote function
+        _RUNNERS[fresh] = ray.remote(max_calls=1 if fresh else 0)(registry.run_cell)
+    res = cell.resources
+    opts: dict[str, Any] = {"num_cpus": res.cpus if not stage.session else 0, "num_gpus": 0}
+    if not stage.session and res.gpus and env.gpu:
+        opts["num_gpus"] = res.gpus
+        if res.accelerator:
+            opts["accelerator_type"] = res.accelerator
+    if cell.stage == "tune":
+        opts["num_cpus"] = 0  # the Tune controller; its trials hold the resources
+    return _RUNNERS[fresh].options(**opts)
+
+
+class Executor:
+    """Runs the cells of one plan."""
+
+    def __init__(self, env: RunEnv, cells: list[Cell], console: Console, fresh: bool, on_cluster: bool) -> None:
+        self.env, self.cells, self.console, self.fresh = env, cells, console, fresh
+        self.by_key = {c.key: c for c in cells}
+        self.state: dict[str, str] = {c.key: "pending" for c in cells}
+        self.manifests: dict[str, dict] = {}
+        self.running: dict[Any, _Running] = {}
+        self.sessions: dict[str, Session] = {}
+        self.attempts: dict[str, int] = {}
+        self.pool = HostPool(env)
+        cores = env.host.cores
+        self.capacity = env.sweep.run.max_parallel or (10**6 if on_cluster else cores)
+        self.local = not on_cluster
+        self.tally = Tally(total=len(cells))
+        self.board = None
+        self.last_line = 0.0
+
+    # --- bookkeeping -------------------------------------------------------------------------------
+
+    def _resume(self) -> int:
+        n = 0
+        for c in self.cells:
+            m = None if self.fresh else manifest.read(self.env.out, c.key)
+            if m is not None and m.get("status") in OK:
+                self.state[c.key], self.manifests[c.key] = m["status"], m
+                self.tally.done += 1
+                n += 1
+        return n
+
+    def _pending(self) -> list[Cell]:
+        return [c for c in self.cells if self.state[c.key] == "pending"]
+
+    def _inputs(self, cell: Cell) -> dict[str, dict]:
+        return {d: self.manifests[d] for d in cell.deps}
+
+    def _finish(self, cell: Cell, result: CellResult, status: str, started: float, error: str = "") -> None:
+        stage = registry.STAGES[cell.stage]
+        m = commit(self.env.out, self.env.sweep.name, cell, result, self.env.prov, stage.writes, status, started, error)
+        self.state[cell.key], self.manifests[cell.key] = status, m
+        if status in OK:
+            self.tally.done += 1
+            if status == "done":
+                self.tally.add(cell.stage, m["wall_s"])
+        else:
+            self.tally.failed += 1
+        style = "" if status in OK else "[bold red]"
+        what = f"{status}: {error}" if error else (result.note or status)
+        self.console.log(f"{style}{cell.label}: {what} ({clock(m['wall_s'])})", markup=bool(style))
+        if self.board is not None:
+            self.board.clear.remote(cell.key)
+
+    def _placeholder(self, cell: Cell, status: str, reason: str) -> None:
+        cr = CellRun(cell, self.env, self._inputs_partial(cell))
+        self._finish(cell, registry.placeholder(cr, status, reason), status, time.time(), reason if status != "skipped" else "")
+
+    def _inputs_partial(self, cell: Cell) -> dict[str, dict]:
+        return {d: self.manifests[d] for d in cell.deps if d in self.manifests}
+
+    # --- what may run ------------------------------------------------------------------------------
+
+    def _settle(self) -> None:
+        """Commit placeholders for skipped cells and for cells whose inputs failed."""
+        for c in self._pending():
+            if c.status == "skipped":
+                self._placeholder(c, "skipped", c.reason)
+                continue
+            bad = [d for d in c.deps if self.state[d] in ("failed", "blocked")]
+            if bad and all(self.state[d] not in ("pending", "running") for d in c.deps):
+                first = self.by_key[bad[0]]
+                self._placeholder(c, "blocked", f"not measured: {first.label} {self.state[bad[0]]}")
+
+    def _ready(self) -> list[Cell]:
+        out = [c for c in self._pending() if all(self.state[d] in OK for d in c.deps)]
+        # tune first: its search is the longest chain of a sweep; it overlaps everything else
+        rank = {s: i for i, s in enumerate(("tune", *(x for x in STAGE_ORDER if x != "tune")))}
+        return sorted(out, key=lambda c: (c.resources.exclusive, self._session_open(c) is None, rank[c.stage]))
+
+    def _session_open(self, cell: Cell) -> Session | None:
+        kind = registry.STAGES[cell.stage].session
+        return self.sessions.get(session_key(cell, kind, self.env.gpu)) if kind else None
+
+    def _used(self) -> int:
+        used = sum(len(s.handle or []) for s in self.sessions.values() if s.kind == "engines")
+        used += sum(1 for s in self.sessions.values() if s.kind == "serve")
+        for r in self.running.values():
+            if r.session is None:
+                used += self._weight(r.cell)
+        return used
+
+    def _weight(self, cell: Cell) -> int:
+        if cell.stage == "tune":
+            t = self.env.sweep.tune
+            return max(1, int(t.max_concurrent * t.cpus_per_trial))
+        return 1
+
+    def _hosts(self) -> int:
+        """Engine hosts per session: eval.actors, at most what may run at once here."""
+        return max(1, min(self.env.sweep.eval.actors, self.capacity))
+
+    def _measuring(self) -> bool:
+        """A measurement runs, or one is ready on its live session: start nothing else."""
+        if any(r.cell.resources.exclusive for r in self.running.values()):
+            return True
+        return any(
+            c.resources.exclusive and (s := self._session_open(c)) is not None and s.opening is None
+            for c in self._ready()
+        )
+
+    # --- dispatch ----------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        for cell in self._ready():
+            kind = registry.STAGES[cell.stage].session
+            if kind:
+                self._dispatch_session_cell(cell, kind)
+            elif self._can_start(cell, self._weight(cell)):
+                self._launch(cell, None)
+
+    def _can_start(self, cell: Cell, weight: int) -> bool:
+        if not self.local:
+            return True
+        if cell.resources.exclusive:  # alone: no other running cell and no engine session
+            return not self.running and not any(s.kind == "engines" for s in self.sessions.values())
+        if self._measuring():
+            return False
+        return self._used() + weight <= self.capacity
+
+    def _can_open(self, kind: str, n: int) -> bool:
+        """Room for a new session (a Serve deployment starts while other cells run; one at a time)."""
+        if not self.local:
+            return True
+        if kind == "serve" and any(s.kind == "serve" for s in self.sessions.values()):
+            return False
+        return not self._measuring() and self._used() + n <= self.capacity
+
+    def _dispatch_session_cell(self, cell: Cell, kind: str) -> None:
+        key = session_key(cell, kind, self.env.gpu)
+        s = self.sessions.get(key)
+        if s is None:
+            n = self._hosts() if kind == "engines" else 1
+            if not self._can_open(kind, n):
+                return
+            s = self._open(cell, key, kind)
+        if s.busy or s.opening is not None:
+            return
+        if not cell.resources.exclusive or self._can_start(cell, 0):
+            self._launch(cell, s)
+
+    def _open(self, cell: Cell, key: str, kind: str) -> Session:
+        s = Session(key, kind)
+        if kind == "engines":
+            s.handle = self.pool.lease(key, cell, self._hosts())
+        else:
+            from cluster.stages.loadtest import open_remote
+
+            members = [c for c in self._pending() if registry.STAGES[c.stage].session == "serve"
+                       and session_key(c, "serve", self.env.gpu) == key and c.status != "skipped"]
+            s.opening = open_remote(self.env, [(c, self._inputs(c)) for c in members])
+        self.sessions[key] = s
+        if kind == "serve":
+            self.console.log(f"session {key}: deploying on Ray Serve")
+        return s
+
+    def _launch(self, cell: Cell, s: Session | None) -> None:
+        self.state[cell.key] = "running"
+        attempt = self.attempts.get(cell.key, 0) + 1
+        self.attempts[cell.key] = attempt
+        cr = CellRun(cell, self.env, self._inputs(cell), s.handle if s else None, self.board)
+        ref = _remote_runner(cell, self.env).remote(cr)
+        if s is not None:
+            s.busy = True
+        self.running[ref] = _Running(cell, time.time(), s, attempt)
+        self.console.log(f"start {cell.label}" + (f" (attempt {attempt})" if attempt > 1 else ""))
+
+    # --- completion --------------------------------------------------------------------------------
+
+    def _collect(self, timeout: float) -> None:
+        import ray
+
+        opening = {s.opening: s for s in self.sessions.values() if s.opening is not None}
+        refs = list(self.running) + list(opening)
+        if not refs:
+            time.sleep(min(timeout, 0.5))
+            return
+        done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        for ref in done:
+            if ref in opening:
+                self._opened(opening[ref], ref)
+            else:
+                self._completed(ref, self.running.pop(ref))
+
+    def _opened(self, s: Session, ref: Any) -> None:
+        import ray
+
+        s.opening = None
+        try:
+            s.handle = ray.get(ref)
+            self.console.log(f"session {s.key} ready")
+        except Exception as exc:  # every cell of the session gets this reason
+            reason = f"Serve app failed to start: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            for c in self._pending():
+                if registry.STAGES[c.stage].session == "serve" and session_key(c, "serve", self.env.gpu) == s.key:
+                    self._placeholder(c, "failed", reason)
+            self._close(s)
+
+    def _completed(self, ref: Any, r: _Running) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+
+        if r.session is not None:
+            r.session.busy = False
+        try:
+            result = ray.get(ref)
+        except (RayActorError, WorkerCrashedError) as exc:
+            return self._lost(r, exc)
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, Exception) else exc
+            if isinstance(cause, RayActorError) and r.session is not None:
+                return self._lost(r, cause)
+            return self._failed(r, cause)
+        except Exception as exc:  # lost objects, node deaths: infrastructure
+            return self._lost(r, exc)
+        self._finish(r.cell, result, "done", r.started)
+        self._maybe_close(r.session)
+
+    def _lost(self, r: _Running, exc: BaseException) -> None:
+        if r.session is not None and r.session.kind == "engines":
+            dead = dead_hosts(r.session.handle)
+            if dead:
+                r.session.handle = self.pool.replace(r.session.key, dead, r.cell)
+        if r.attempt < MAX_ATTEMPTS:
+            self.console.log(f"[yellow]{r.cell.label}: lost ({type(exc).__name__}); retrying")
+            self.state[r.cell.key] = "pending"
+            return None
+        return self._failed(r, exc)
+
+    def _failed(self, r: _Running, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:400] if str(exc).strip() else ''}"
+        cr = CellRun(r.cell, self.env, self._inputs(r.cell))
+        self._finish(r.cell, registry.placeholder(cr, "failed", error), "failed", r.started, error)
+        self._maybe_close(r.session)
+
+    def _maybe_close(self, s: Session | None) -> None:
+        if s is None:
+            return
+        kind = s.kind
+        left = [
+            c for c in self.cells
+            if self.state[c.key] in ("pending", "running") and registry.STAGES[c.stage].session == kind
+            and session_key(c, kind, self.env.gpu) == s.key
+        ]
+        if not left:
+            self._close(s)
+
+    def _close(self, s: Session) -> None:
+        self.sessions.pop(s.key, None)
+        if s.kind == "engines":
+            self.pool.release(s.key)
+        elif s.handle is not None:
+            from cluster.stages.loadtest import close_session
+
+            close_session(self.env, s)
+
+    # --- the loop ----------------------------------------------------------------------------------
+
+    def _progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_line < self.env.sweep.run.progress_every_s:
+            return
+        self.last_line = now
+        pending = [c.stage for c in self._pending()]
+        self.console.log(self.tally.line(len(self.running), pending, min(self.capacity, 64)))
+        for s in self.sessions.values():
+            if s.opening is not None:
+                self.console.log(f"  session {s.key}: deploying ({clock(time.time() - s.opened_at)})")
+        if self.board is None or not self.running:
+            return
+        import ray
+
+        steps = ray.get(self.board.snapshot.remote())
+        for r in self.running.values():
+            if r.cell.key in steps:
+                self.console.log(f"  {r.cell.label}: {steps[r.cell.key]} ({clock(time.time() - r.started)})")
+
+    def _stuck(self) -> bool:
+        if self.running or any(s.opening is not None for s in self.sessions.values()):
+            return False
+        for s in list(self.sessions.values()):
+            self._close(s)
+        self._dispatch()
+        return not self.running and not any(s.opening is not None for s in self.sessions.values())
+
+    def run(self) -> Summary:
+        """Run every pending cell; return the summary."""
+        summary = Summary(resumed=self._resume())
+        if summary.resumed:
+            self.console.log(f"resume: {summary.resumed} of {len(self.cells)} cells already committed")
+        self.board = start_board()
+        try:
+            while self._pending() or self.running:
+                self._settle()
+                self._dispatch()
+                if not self.running and self._pending() and self._stuck():
+                    for c in self._pending():
+                        self._placeholder(c, "failed", "could not be scheduled")
+                    break
+                self._collect(timeout=min(5.0, self.env.sweep.run.progress_every_s))
+                self._progress()
+        finally:
+            for s in list(self.sessions.values()):
+                self._close(s)
+            self.pool.close()
+        self._progress(force=True)
+        summary.done = sum(1 for s in self.state.values() if s == "done")
+        summary.skipped = sum(1 for s in self.state.values() if s == "skipped")
+        summary.failed = [self.by_key[k].label for k, s in self.state.items() if s in ("failed", "blocked")]
+        return summary

@@ -1,0 +1,114 @@
+"""The health stage: check a checkpoint before evaluation is spent on it; write its `quantized` row.
+
+Runs on the checkpoint's engine session: loading the checkpoint on the session's hosts is the vLLM
+probe, and the engines stay loaded for the evaluation cells that follow. Verdicts (worst first):
+load_failed, config_mismatch (evaluation and serving skip these), rtn_fallback, ok. Where this
+host's vLLM lacks the scheme's kernel, the dense (dequantized) copy is what loads and is probed;
+the detail says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import yaml
+
+from cluster.quant.recipes import recipe_dict
+from cluster.run.env import CellRun
+from cluster.stages.common import coords, engine_threads
+from cluster.store.commit import CellResult
+
+UNUSABLE = ("load_failed", "config_mismatch", "failed", "not_measured")
+
+
+def engine_kwargs(cr: CellRun) -> dict[str, Any]:
+    """lm-eval VLLM kwargs of this sweep's evaluation engines for this checkpoint."""
+    from serve.engine import lm_eval_kwargs
+
+    env, ev = cr.env, cr.env.sweep.eval
+    tp = env.catalog.models[cr.cell.model].gpus.get(cr.cell.format, 1) if env.gpu else 1
+    return lm_eval_kwargs(env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size)
+
+
+def load_on_hosts(hosts: list[Any], path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Load the checkpoint on every host (no-op where loaded); the first failure, or ok."""
+    import ray
+
+    results = ray.get([h.load.remote(path, kwargs) for h in hosts])
+    bad = [r for r in results if not r["ok"]]
+    return bad[0] if bad else {"ok": True, "error": None, "load_s": max(r["load_s"] or 0 for r in results)}
+
+
+def _probe(cr: CellRun, path: str) -> dict[str, Any]:
+    import ray
+
+    from cluster.quant.health import PROBE_PROMPT
+
+    loaded = load_on_hosts(cr.session, path, engine_kwargs(cr))
+    if not loaded["ok"]:
+        return {"ok": False, "text": None, "error": loaded["error"]}
+    out = ray.get(cr.session[0].generate.remote([PROBE_PROMPT], 8))[0]
+    if not out["tokens"]:
+        return {"ok": False, "text": None, "error": "RuntimeError: the engine generated no tokens"}
+    if not all(math.isfinite(x) for x in out["logprobs"]):
+        return {"ok": False, "text": None, "error": f"RuntimeError: non-finite log-probabilities {out['logprobs']}"}
+    return {"ok": True, "text": out["text"], "error": None}
+
+
+def run(cr: CellRun) -> CellResult:
+    """Config check, GPTQ fallbacks, and a vLLM load + generation on the session's hosts."""
+    from cluster.quant.health import config_mismatches, verdict
+
+    env, cell = cr.env, cr.cell
+    q = cr.input_of("quantize")
+    recipe = env.catalog.formats[cell.format].recipe
+    cr.report("checking the checkpoint's config and loading it in vLLM")
+    mismatches = config_mismatches(recipe, q["path"]) if recipe.algorithm != "none" else []
+    probed = _probe(cr, q["eval_path"]) if env.sweep.quantize.health_probe else None
+    name, detail = verdict(mismatches, q.get("rtn_fallback_modules") or [], probed)
+    if q["weights"] == "dequantized" and name in ("ok", "rtn_fallback"):
+        detail += f"; scored through a dense copy ({cell.reason})"
+    if recipe.algorithm == "none" and name == "ok":
+        detail = "the unquantized base model" + (f"; {detail}" if probed else "")
+    outputs = {**q, "health": name, "health_detail": detail}
+    return CellResult(rows={"quantized": [row(cr, q, name, detail)]}, outputs=outputs,
+                      context=cr.context(engine_threads()), note=f"{name}: {detail}")
+
+
+def row(cr: CellRun, q: dict[str, Any], health: str, detail: str) -> dict[str, Any]:
+    """The checkpoint's `quantized` row."""
+    fmt = cr.env.catalog.formats[cr.cell.format]
+    return {
+        **coords(cr),
+        "label": fmt.label,
+        "algorithm": fmt.recipe.algorithm,
+        "scheme": fmt.recipe.scheme,
+        "recipe_yaml": yaml.safe_dump(recipe_dict(fmt.recipe), sort_keys=True),
+        "artifact_key": q.get("key") or "-",
+        "path": q.get("path") or "-",
+        "wall_s": q.get("wall_s"),
+        "peak_rss_mb": q.get("peak_rss_mb"),
+        "size_bytes": q.get("size_bytes"),
+        "rtn_fallback_modules": list(q.get("rtn_fallback_modules") or []),
+        "health": health,
+        "health_detail": detail,
+    }
+
+
+def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:
+    """A `quantized` row saying why the checkpoint has no verdict."""
+    q: dict[str, Any] = {}
+    try:
+        q = cr.input_of("quantize")
+    except KeyError:
+        pass
+    outputs = {**q, "health": status if status != "blocked" else "failed", "health_detail": reason}
+    return CellResult(rows={"quantized": [row(cr, q, outputs["health"], reason)]}, outputs=outputs,
+                      note=reason)
+
+
+def engine_args_json(cr: CellRun) -> str:
+    """The engine arguments, as recorded with every score."""
+    return json.dumps(engine_kwargs(cr), sort_keys=True)

@@ -1,0 +1,203 @@
+"""The loadtest stage: one checkpoint, one hardware target, one use case, on its Ray Serve app.
+
+Two measurements per cell, as the study made them: synchronous (one request at a time; latency and
+queries per dollar = 3600 / (latency x $/h)) and asynchronous (`serve.profile`: poisson or constant
+at one rate, concurrent at a fixed number in flight, or a sweep from the synchronous rate to the
+throughput peak; throughput and queries per dollar = QPS x 3600 / $/h). Raw per-request timings go
+to `requests`; `perf` rows are derived from them and say `skipped` with the reason when a target
+cannot run the format; nothing is made up. The Serve app is the cell's session: deployed once per
+checkpoint and hardware (`open_remote`), shared by its use cases, deleted after (`close_session`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cluster.plan.cells import device_count
+from cluster.run.env import CellRun, RunEnv
+from cluster.stages.common import coords
+from cluster.stages.health import UNUSABLE
+from cluster.store.commit import CellResult
+
+PERF_KEYS = (
+    "completed", "failed", "error_rate", "request_throughput", "output_throughput", "mean_ttft_ms", "p99_ttft_ms",
+    "mean_tpot_ms", "mean_tpot_incl_first_ms", "mean_itl_ms", "mean_e2el_ms", "p99_e2el_ms",
+)
+
+
+def model_id(model: str, fmt: str) -> str:
+    """The public model id of a served checkpoint."""
+    return f"{model}-{fmt}"
+
+
+def _served(env: RunEnv, cell: Any, path: str) -> Any:
+    from serve.app import ServedModel
+
+    hw = env.catalog.hardware[cell.hardware]
+    tp = 1 if hw.kind == "cpu" else device_count(env.catalog.models[cell.model], env.catalog.formats[cell.format], hw)
+    accel = hw.accelerator_type if hw.kind == "gpu" else None
+    return ServedModel(model_id(cell.model, cell.format), path, tp, accel)
+
+
+def _deployment(env: RunEnv, served: list[Any], hardware: str) -> Any:
+    from serve.app import Deployment
+
+    return Deployment(tuple(served), cpu=env.catalog.hardware[hardware].kind == "cpu", host=env.host)
+
+
+def _start(env: RunEnv, served: list[Any], hardware: str) -> dict[str, Any]:
+    from serve import app
+
+    urls = app.start(env.sweep.serve, env.sweep.engine, _deployment(env, served, hardware))
+    return {"urls": urls, "served": served, "hardware": hardware}
+
+
+def open_remote(env: RunEnv, members: list[tuple[Any, dict[str, dict]]]) -> Any:
+    """Deploy every healthy checkpoint of a session's cells on Serve, in a Ray task.
+
+    The ObjectRef yields `{urls, served, hardware}`; cells whose checkpoint is unhealthy are not
+    deployed (their run says why).
+    """
+    import ray
+
+    served, seen = [], set()
+    for cell, inputs in members:
+        health = next(m["outputs"] for m in inputs.values() if m["stage"] == "health")
+        if health.get("health") not in UNUSABLE and cell.format not in seen:
+            seen.add(cell.format)
+            served.append(_served(env, cell, health["path"]))
+    hardware = members[0][0].hardware
+    return ray.remote(num_cpus=0)(_start).remote(env, served, hardware)
+
+
+def close_session(env: RunEnv, session: Any) -> None:
+    """Delete the session's Serve apps."""
+    from serve import app
+
+    h = session.handle
+    app.stop(env.sweep.serve, _deployment(env, h["served"], h["hardware"]))
+
+
+def _base(cr: CellRun) -> dict[str, Any]:
+    env, c = cr.env, cr.cell
+    hw, uc = env.catalog.hardware[c.hardware], env.catalog.use_cases[c.use_case]
+    n = device_count(env.catalog.models[c.model], env.catalog.formats[c.format], hw)
+    scale = env.sweep.serve.token_scale
+    from serve import app
+    from serve.engine import engine_kwargs
+
+    deployment = json.dumps({**app.deployment_config(env.sweep.serve), "ingress": env.sweep.serve.ingress}, sort_keys=True)
+    return {
+        **coords(cr, "hardware", "use_case"), "device": hw.device, "device_count": n,
+        "price_per_hour": hw.price_per_hour.get(n),
+        "prompt_tokens": max(1, round(uc.prompt_tokens * scale)), "output_tokens": max(1, round(uc.output_tokens * scale)),
+        "engine_args": json.dumps(
+            engine_kwargs(env.sweep.engine, env.host, 1 if hw.kind == "cpu" else n, hw.kind == "cpu", executor=False),
+            sort_keys=True),
+        "deployment_config": deployment,
+    }
+
+
+def _perf_row(base: dict, mode: str, profile: str, summary: dict | None, qpd: float | None, reason: str = "",
+              rate: float | None = None, capacity: float | None = None) -> dict:
+    from serve.sweep import client_bound
+
+    s = summary or {}
+    offered = rate if rate is not None else s.get("request_throughput") or 0.0
+    return {
+        **base, "mode": mode, "profile": profile, "status": "skipped" if reason else "measured", "skip_reason": reason,
+        "queries_per_dollar": qpd, "target_rate": rate, **{k: s.get(k) for k in PERF_KEYS},
+        "loadgen_capacity_rps": capacity,
+        "client_bound": bool(capacity) and not reason and client_bound(offered, capacity or 0.0),
+    }
+
+
+def _request_rows(base: dict, mode: str, records: list) -> list[dict]:
+    keep = ("sweep", "model", "format", "hardware", "use_case")
+    return [{**{k: base[k] for k in keep}, "mode": mode, **r.to_dict()} for r in records]
+
+
+def _async_runs(cr: CellRun, url: str, mid: str, prompts: list, out_tokens: int) -> list[tuple[str, float | None, list]]:
+    """(profile, target rate, records) per asynchronous run."""
+    from serve import loadgen
+    from serve.sweep import run_sweep
+
+    sv, seed = cr.env.sweep.serve, cr.env.sweep.seed
+    common = {"api_key": sv.api_key, "timeout_s": sv.request_timeout_s}
+    if sv.profile == "sweep":
+        recs = run_sweep(url, mid, prompts, out_tokens, sv, cr.env.sweep.engine.max_num_seqs, seed)
+        runs: dict[tuple[str, float | None], list] = {}
+        for r in recs:
+            if r.profile != "synchronous" and not r.warmup:
+                runs.setdefault((r.profile, r.target_rate), []).append(r)
+        return [(p, rate, rs) for (p, rate), rs in runs.items()]
+    if sv.profile == "concurrent":
+        recs = loadgen.run_concurrent(url, mid, prompts, out_tokens, concurrency=sv.async_concurrency,
+                                      max_requests=sv.async_max_requests, duration_s=sv.async_duration_s, **common)
+        return [("concurrent", None, recs)]
+    run = loadgen.run_constant if sv.profile == "constant" else loadgen.run_poisson
+    extra = {} if sv.profile == "constant" else {"seed": seed}
+    recs = run(url, mid, prompts, out_tokens, rate=sv.async_rate, duration_s=sv.async_duration_s,
+               max_requests=sv.async_max_requests, **extra, **common)
+    return [(sv.profile, sv.async_rate, recs)]
+
+
+def _export(cr: CellRun, base: dict, mode: str, rate: float | None, summary: dict, records: list) -> tuple[str, dict]:
+    """The summary in `vllm bench serve`'s JSON layout, so users can compare with what they know."""
+    from serve import metrics
+
+    meta = {"backend": "openai", "model_id": model_id(base["model"], base["format"]), "request_rate": rate,
+            "num_prompts": len([r for r in records if not r.warmup]), "label": f"quantsweep {mode}"}
+    name = f"{base['hardware']}-{base['use_case']}-{mode}" + (f"-{rate:.3g}rps" if rate else "") + ".json"
+    rel = f"perf/{cr.env.sweep.name}/{base['model']}/{base['format']}/{name}"
+    return rel, metrics.to_vllm_bench_json(summary, meta)
+
+
+def run(cr: CellRun) -> CellResult:
+    """Synchronous and asynchronous load on the session's Serve app."""
+    from transformers import AutoTokenizer
+
+    from serve import cost, loadgen, metrics
+    from serve.sweep import client_capacity
+
+    env, c, sv = cr.env, cr.cell, cr.env.sweep.serve
+    base = _base(cr)
+    pt, ot = base["prompt_tokens"], base["output_tokens"]
+    health = cr.input_of("health")
+    if health.get("health") in UNUSABLE:
+        return placeholder(cr, "not_measured", f"not measured: unhealthy ({health.get('health')})")
+    if pt + ot > env.sweep.engine.max_model_len:
+        return placeholder(cr, "skipped", f"not measured: {pt}+{ot} tokens exceed engine.max_model_len")
+    mid, price = model_id(c.model, c.format), base["price_per_hour"]
+    url = cr.session["urls"][mid]
+    tok = AutoTokenizer.from_pretrained(health["path"])
+    n = sv.sync_requests + sv.async_max_requests + sv.warmup_requests + 1
+    prompts = loadgen.make_prompts(len(tok), pt, n, env.sweep.seed, tok.all_special_ids)
+    cr.report("measuring the load generator's own capacity")
+    capacity = client_capacity(ot)
+    cr.report("synchronous load")
+    sync = loadgen.run_synchronous(url, mid, prompts, ot, api_key=sv.api_key, timeout_s=sv.request_timeout_s,
+                                   warmup=sv.warmup_requests, max_requests=sv.sync_requests)
+    s_sum = metrics.summarize(sync)
+    latency_s = (s_sum.get("mean_e2el_ms") or float("nan")) / 1000.0
+    s_qpd = cost.queries_per_dollar_sync(latency_s, price) if s_sum.get("completed") else None
+    perf = [_perf_row(base, "sync", "synchronous", s_sum, s_qpd, capacity=capacity)]
+    reqs, files = _request_rows(base, "sync", sync), dict([_export(cr, base, "sync", None, s_sum, sync)])
+    cr.report(f"asynchronous load ({sv.profile})")
+    for profile, rate, recs in _async_runs(cr, url, mid, prompts, ot):
+        a_sum = metrics.summarize(recs)
+        a_qpd = cost.queries_per_dollar_async(a_sum["request_throughput"], price) if a_sum.get("completed") else None
+        perf.append(_perf_row(base, "async", profile, a_sum, a_qpd, rate=rate, capacity=capacity))
+        reqs += _request_rows(base, "async", recs)
+        files.update([_export(cr, base, "async", rate, a_sum, recs)])
+    note = f"sync {s_sum.get('mean_e2el_ms') or 0:.0f} ms/request, async {perf[-1]['request_throughput'] or 0:.2f} req/s"
+    return CellResult(rows={"perf": perf, "requests": reqs}, files=files, context=cr.context(1), note=note)
+
+
+def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:
+    """`perf` rows for both modes with no numbers, saying why."""
+    base = _base(cr)
+    rows = [_perf_row(base, mode, profile, None, None, reason or status)
+            for mode, profile in (("sync", "synchronous"), ("async", cr.env.sweep.serve.profile))]
+    return CellResult(rows={"perf": rows}, context=cr.context(1), note=reason)

@@ -1,0 +1,1 @@
+"""Storage: dataset schemas, per-cell atomic commits, manifests, provenance."""

@@ -1,0 +1,217 @@
+"""The schema catalog: one explicit pyarrow schema per dataset quantsweep writes.
+
+Writers never infer types from the first batch (Ray Data breaks on blocks whose nullability
+differs); every row also carries the provenance columns (run id, time, config hash, git sha,
+package versions, seed) and the cell that wrote it (its key, the compute dtype and threads it ran
+with, the host). Each dataset is partitioned (hive layout) by exactly the coordinates that separate
+its cells, so every cell owns one partition and no cell's commit can touch another's rows; the
+partition columns live in the directory names and come back when read with plain pyarrow.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+BASE_PARTITION = ("sweep", "model", "format")
+
+PROVENANCE = [
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("config_hash", pa.string(), nullable=False),
+    pa.field("git_sha", pa.string(), nullable=False),
+    pa.field("versions", pa.map_(pa.string(), pa.string()), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("cell_key", pa.string(), nullable=False),
+    pa.field("compute_dtype", pa.string(), nullable=False),
+    pa.field("threads", pa.int64(), nullable=False),
+    pa.field("host", pa.string(), nullable=False),
+]
+
+_F64 = pa.float64()
+
+
+def _schema(*fields: pa.Field, extra_keys: tuple[str, ...] = ()) -> pa.Schema:
+    keys = [pa.field(c, pa.string(), nullable=False) for c in (*BASE_PARTITION, *extra_keys)]
+    return pa.schema([*keys, *fields, *PROVENANCE])
+
+
+
+QUANTIZED = _schema(
+    pa.field("label", pa.string(), nullable=False),
+    pa.field("algorithm", pa.string(), nullable=False),
+    pa.field("scheme", pa.string()),
+    pa.field("recipe_yaml", pa.string(), nullable=False),
+    pa.field("artifact_key", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("wall_s", _F64),
+    pa.field("peak_rss_mb", _F64),
+    pa.field("size_bytes", pa.int64()),
+    pa.field("rtn_fallback_modules", pa.list_(pa.string()), nullable=False),
+    pa.field("health", pa.string(), nullable=False),
+    pa.field("health_detail", pa.string()),
+)
+
+EVAL_SCORES = _schema(
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("metric", pa.string(), nullable=False),
+    pa.field("value", _F64),
+    pa.field("stderr", _F64),
+    pa.field("n", pa.int64()),
+    pa.field("num_fewshot", pa.int64()),
+    pa.field("limit", pa.int64()),
+    pa.field("backend", pa.string(), nullable=False),
+    pa.field("actors", pa.int64(), nullable=False),
+    pa.field("batch_size", pa.string(), nullable=False),
+    pa.field("add_bos_token", pa.bool_(), nullable=False),
+    pa.field("apply_chat_template", pa.bool_(), nullable=False),
+    pa.field("fewshot_as_multiturn", pa.bool_(), nullable=False),
+    pa.field("eval_seed", pa.int64(), nullable=False),
+    pa.field("engine_args", pa.string(), nullable=False),
+    pa.field("weights", pa.string(), nullable=False),  # base | compressed | dequantized (see plan.route)
+    pa.field("status", pa.string(), nullable=False),  # measured | not_measured
+    pa.field("reason", pa.string(), nullable=False),
+    extra_keys=("suite",),
+)
+
+EVAL_SAMPLES = _schema(
+    pa.field("task", pa.string(), nullable=False),
+    pa.field("doc_id", pa.int64(), nullable=False),
+    pa.field("prompt_hash", pa.string()),
+    pa.field("target", pa.string()),
+    pa.field("response", pa.string()),
+    pa.field("metrics", pa.map_(pa.string(), _F64), nullable=False),
+    extra_keys=("suite",),
+)
+
+RECOVERY = _schema(
+    pa.field("baseline_format", pa.string(), nullable=False),
+    pa.field("score", _F64),
+    pa.field("baseline_score", _F64),
+    pa.field("recovery_pct", _F64),
+    pa.field("recovery_ci_low", _F64),
+    pa.field("recovery_ci_high", _F64),
+    pa.field("flips_right_to_wrong", pa.int64()),
+    pa.field("flips_wrong_to_right", pa.int64()),
+    pa.field("n_tasks", pa.int64(), nullable=False),
+    pa.field("health", pa.string(), nullable=False),
+    pa.field("backend", pa.string(), nullable=False),  # the same engine scores a format and its baseline
+    pa.field("weights", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),  # measured | not_measured | failed
+    pa.field("reason", pa.string(), nullable=False),
+    extra_keys=("suite",),
+)
+
+REQUESTS = _schema(
+    pa.field("mode", pa.string(), nullable=False),
+    pa.field("profile", pa.string(), nullable=False),
+    pa.field("target_rate", _F64),
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("send_time", _F64, nullable=False),
+    pa.field("first_token_s", _F64),
+    pa.field("chunk_s", pa.list_(_F64), nullable=False),
+    pa.field("end_s", _F64),
+    pa.field("prompt_tokens", pa.int64(), nullable=False),
+    pa.field("output_tokens", pa.int64(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string(), nullable=False),
+    pa.field("warmup", pa.bool_(), nullable=False),
+    extra_keys=("hardware", "use_case"),
+)
+
+PERF = _schema(
+    pa.field("device", pa.string(), nullable=False),
+    pa.field("device_count", pa.int64(), nullable=False),
+    pa.field("price_per_hour", _F64),
+    pa.field("prompt_tokens", pa.int64(), nullable=False),
+    pa.field("output_tokens", pa.int64(), nullable=False),
+    pa.field("mode", pa.string(), nullable=False),
+    pa.field("profile", pa.string(), nullable=False),
+    pa.field("target_rate", _F64),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("skip_reason", pa.string(), nullable=False),
+    pa.field("completed", pa.int64()),
+    pa.field("failed", pa.int64()),
+    pa.field("error_rate", _F64),
+    pa.field("request_throughput", _F64),
+    pa.field("output_throughput", _F64),
+    pa.field("mean_ttft_ms", _F64),
+    pa.field("p99_ttft_ms", _F64),
+    pa.field("mean_tpot_ms", _F64),
+    pa.field("mean_tpot_incl_first_ms", _F64),
+    pa.field("mean_itl_ms", _F64),
+    pa.field("mean_e2el_ms", _F64),
+    pa.field("p99_e2el_ms", _F64),
+    pa.field("queries_per_dollar", _F64),
+    pa.field("loadgen_capacity_rps", _F64),
+    pa.field("client_bound", pa.bool_(), nullable=False),
+    pa.field("engine_args", pa.string(), nullable=False),
+    pa.field("deployment_config", pa.string(), nullable=False),  # Ray Serve replicas / autoscaling
+    extra_keys=("hardware", "use_case"),
+)
+
+TRIALS = _schema(
+    pa.field("trial_id", pa.string(), nullable=False),
+    pa.field("params", pa.map_(pa.string(), pa.string()), nullable=False),
+    pa.field("suite", pa.string(), nullable=False),
+    pa.field("search", pa.string(), nullable=False),
+    pa.field("scheduler", pa.string(), nullable=False),
+    pa.field("score", _F64),
+    pa.field("baseline_score", _F64),
+    pa.field("recovery_pct", _F64),
+    pa.field("rung_recovery_pct", pa.list_(_F64), nullable=False),  # one per report, in order
+    pa.field("budget", pa.int64()),  # documents scored when the trial ended
+    pa.field("stopped_early", pa.bool_(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("artifact_key", pa.string()),
+    pa.field("rtn_fallback_modules", pa.list_(pa.string()), nullable=False),
+    pa.field("wall_s", _F64),
+    pa.field("is_best", pa.bool_(), nullable=False),
+    pa.field("validation_suite", pa.string()),
+    pa.field("validation_recovery_pct", _F64),
+)
+
+GENERATIONS = _schema(
+    pa.field("prompt_id", pa.int64(), nullable=False),
+    pa.field("prompt_hash", pa.string(), nullable=False),
+    pa.field("prompt", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("max_tokens", pa.int64(), nullable=False),
+    pa.field("weights", pa.string(), nullable=False),
+)
+
+SIMILARITY = _schema(
+    pa.field("baseline_format", pa.string(), nullable=False),
+    pa.field("prompt_id", pa.int64(), nullable=False),
+    pa.field("prompt_hash", pa.string(), nullable=False),
+    pa.field("reference", pa.string(), nullable=False),
+    pa.field("candidate", pa.string(), nullable=False),
+    pa.field("rouge1", _F64, nullable=False),
+    pa.field("rougeL", _F64, nullable=False),
+    pa.field("bertscore_f1", _F64, nullable=False),
+    pa.field("sts", _F64, nullable=False),
+    pa.field("max_tokens", pa.int64(), nullable=False),
+    pa.field("sts_model", pa.string(), nullable=False),
+    pa.field("bertscore_model", pa.string(), nullable=False),
+)
+
+CATALOG: dict[str, pa.Schema] = {
+    "quantized": QUANTIZED,
+    "eval_scores": EVAL_SCORES,
+    "eval_samples": EVAL_SAMPLES,
+    "recovery": RECOVERY,
+    "requests": REQUESTS,
+    "perf": PERF,
+    "trials": TRIALS,
+    "generations": GENERATIONS,
+    "similarity": SIMILARITY,
+}
+
+
+def partition_cols(name: str) -> tuple[str, ...]:
+    """The hive partition columns of a dataset: sweep/model/format plus what separates its cells."""
+    schema = CATALOG[name]
+    return tuple(f.name for f in schema)[: len(BASE_PARTITION) + _EXTRA[name]]
+
+
+_EXTRA = {"eval_scores": 1, "eval_samples": 1, "recovery": 1, "requests": 2, "perf": 2}
+_EXTRA.update({k: 0 for k in ("quantized", "trials", "generations", "similarity")})

@@ -1,0 +1,72 @@
+"""The serving side's config types: the vLLM engine, Ray Serve's deployment, and the load tests.
+
+Plain dataclasses that omegaconf merges YAML into (`cluster.config.schema` embeds `ServeConfig` as a
+sweep's `serve:` section), so `serve/` needs nothing from `cluster/` and every user of an engine
+(evaluation actors, tuning trials, Serve replicas, bare `vllm serve`) reads the same `EngineConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts that need no API key
+SERVE_INGRESS = ("haproxy", "proxy")
+# synchronous always runs first; this picks the asynchronous measurement
+LOAD_PROFILES = ("poisson", "constant", "concurrent", "sweep")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class EngineConfig:
+    """vLLM engine arguments, pinned and recorded with every result (Ray issue 55159)."""
+
+    max_num_seqs: int = 16
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gib: int = 1
+    enforce_eager: bool = True
+    dtype: str = "auto"  # auto: bfloat16 on GPUs and bf16-capable CPUs, float32 elsewhere (serve.host)
+    seed: int = 0
+
+
+@dataclass
+class AutoscalingConfig:
+    """Ray Serve autoscaling of each model's replicas (passed as the deployment's `autoscaling_config`)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 2.0  # per replica; Ray Serve adds replicas above it
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+
+
+@dataclass
+class ServeConfig:
+    """Ray Serve hosting plus the synchronous and asynchronous load tests."""
+
+    enabled: bool = True
+    hardware: list[str] = field(default_factory=lambda: ["cpu-local"])
+    use_cases: list[str] = field(default_factory=list)
+    token_scale: float = 1.0  # multiplies the use-case token counts (CPU demo scales them down)
+    sync_requests: int = 8
+    # poisson / constant: one offered rate (async_rate); concurrent: async_concurrency in flight;
+    # sweep: the synchronous rate -> throughput peak, rates spaced between (serve.sweep)
+    profile: str = "poisson"
+    sweep_points: int = 4
+    error_budget: float = 0.05  # a sweep stops past this error rate
+    async_rate: float = 2.0  # requests/s offered (poisson, constant)
+    async_concurrency: int = 8  # requests in flight (concurrent)
+    async_duration_s: float = 20.0
+    async_max_requests: int = 64
+    warmup_requests: int = 1
+    request_timeout_s: float = 120.0
+    replicas: int = 1  # fixed replica count; must stay 1 when autoscaling is set
+    autoscaling: AutoscalingConfig | None = None  # None: `replicas` fixed replicas
+    cpus_per_replica: float = 1
+    # haproxy: Ray 2.60's fast path (HAProxy -> LLM server replica, one app per checkpoint);
+    # proxy: Serve's proxy -> OpenAI ingress -> LLM server, all checkpoints in one app (serve.app)
+    ingress: str = "haproxy"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None  # required when host is not loopback
+    engine: EngineConfig = field(default_factory=EngineConfig)
