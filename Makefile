@@ -20,7 +20,7 @@ $(STAMP): $(LOCK) requirements/overrides.txt requirements/excludes.txt pyproject
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
 	$(BIN)/uv pip sync $(UV_FLAGS) $(LOCK)
 	$(BIN)/uv pip install $(UV_FLAGS) --no-deps -e .
-	$(BIN)/python -m cluster.amx
+	$(BIN)/python -m serve.compat
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _console() -> Console:
-    return Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
+    tty = sys.stdout.isatty()  # a log file gets plain, unwrapped lines
+    return Console(width=None if tty else 200, soft_wrap=not tty, log_path=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +74,7 @@ def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
     from cluster.config.loader import REPO_ROOT
     from cluster.report.tables import print_report
     from cluster.run.env import RunEnv
-    from cluster.run.executor import Executor
+    from cluster.run.executor import Executor, Summary
     from cluster.run.ray_init import init_ray
     from cluster.store import manifest
     from cluster.store.provenance import Provenance, config_hash, git_sha
@@ -86,9 +87,12 @@ def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
     root.mkdir(parents=True, exist_ok=True)
     manifest.write_plan(root, sweep.name, prov.run_id, host.describe(), cells)
     console.log(f"sweep {sweep.name}: {len(cells)} cells, run {prov.run_id}, host {host.describe()}, outputs under {root}")
-    on_cluster = init_ray(sweep)
     env = RunEnv(sweep, catalog, str(root), host, prov, gpu=host.vllm_build == "gpu")
-    summary = Executor(env, cells, console, fresh, on_cluster).run()
+    if not fresh and all(manifest.is_committed(root, c.key) for c in cells):
+        console.log(f"all {len(cells)} cells already committed; nothing to run (--fresh recomputes them)")
+        summary = Summary(done=len(cells), resumed=len(cells))
+    else:
+        summary = Executor(env, cells, console, fresh, init_ray(sweep)).run()
     print_report(console, root, sweep.name)
     console.print(f"datasets under {root / 'datasets'}; cells: {summary.done} done, {summary.skipped} skipped, "
                   f"{len(summary.failed)} failed ({summary.resumed} already committed before this run)")

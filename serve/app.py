@@ -34,6 +34,14 @@ HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 }
+# The Serve controller kills a proxy (HAProxyManager) that misses 3 readiness checks of 5 s each. On
+# a busy 2-core host (engines loading beside it) HAProxy takes longer than that to come up, and the
+# kill takes the deployment down with it (`ActorDiedError ... HAProxyManager ... killed by ray.kill`).
+# Give it a minute: a proxy that never starts still fails, later.
+PROXY_PATIENCE_ENV = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+}
 
 
 class ServeError(RuntimeError):
@@ -42,7 +50,7 @@ class ServeError(RuntimeError):
 
 def ray_env(ingress: str) -> dict[str, str]:
     """Environment variables the Ray cluster needs for this ingress layout."""
-    return dict(HAPROXY_ENV) if ingress == "haproxy" else {}
+    return {**(HAPROXY_ENV if ingress == "haproxy" else {}), **PROXY_PATIENCE_ENV}
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,22 @@ class Deployment:
     app_name: str = "quantsweep"
     extra_env: dict[str, str] = field(default_factory=dict)
     stream_batching_interval_ms: float | None = None  # Ray Serve LLM's chunk batching; None: its default
+
+
+def _replica_callback() -> type:
+    """A Ray Serve LLM callback that skips its per-node "download model files" tasks.
+
+    quantsweep serves checkpoints from local paths every node sees (the output root); each download
+    task only imports vLLM once more per replica (~30 s of CPU on a 2-core host). `callback_config`
+    is LLMConfig's public hook; the base class lives in Ray's internals (pinned: Ray 2.60).
+    """
+    from ray.llm._internal.common.callbacks.base import CallbackBase
+
+    class LocalWeights(CallbackBase):
+        async def on_before_node_init(self) -> None:
+            self.ctx.run_init_node = False
+
+    return LocalWeights
 
 
 def deployment_config(cfg: ServeConfig) -> dict[str, Any]:
@@ -95,6 +119,8 @@ def _llm_config(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: 
     experimental: dict[str, Any] = {}
     if dep.stream_batching_interval_ms is not None:
         experimental["stream_batching_interval_ms"] = dep.stream_batching_interval_ms
+    if os.path.isdir(model.path):
+        extra["callback_config"] = {"callback_class": _replica_callback()}
     return LLMConfig(
         model_loading_config={"model_id": model.model_id, "model_source": model.path},
         engine_kwargs=engine_kwargs(engine, dep.host, model.tensor_parallel_size, dep.cpu, executor=False),
@@ -137,7 +163,8 @@ def _check(cfg: ServeConfig) -> None:
         raise ServeError(f"serve.host '{cfg.host}' is not loopback: set serve.api_key")
     if cfg.host not in LOOPBACK and cfg.ingress == "proxy":
         raise ServeError("serve.ingress 'proxy' cannot check an API key: bind loopback or use 'haproxy'")
-    missing = [k for k, v in ray_env(cfg.ingress).items() if os.environ.get(k) != v]
+    required = HAPROXY_ENV if cfg.ingress == "haproxy" else {}
+    missing = [k for k, v in required.items() if os.environ.get(k) != v]
     if missing:
         raise ServeError(
             f"serve.ingress '{cfg.ingress}' needs {', '.join(f'{k}=1' for k in missing)} in this process "

@@ -47,6 +47,7 @@ class ServeConfig:
     enabled: bool = True
     hardware: list[str] = field(default_factory=lambda: ["cpu-local"])
     use_cases: list[str] = field(default_factory=list)
+    formats: list[str] | None = None  # the sweep formats to load-test; None: all of them
     token_scale: float = 1.0  # multiplies the use-case token counts (CPU demo scales them down)
     sync_requests: int = 8
     # poisson / constant: one offered rate (async_rate); concurrent: async_concurrency in flight;

@@ -188,6 +188,8 @@ def check_sweep(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
         check_serve(sweep.serve, source)
         _known(sweep.serve.use_cases, catalog.use_cases, source, "serve.use_cases")
         _known(sweep.serve.hardware, catalog.hardware, source, "serve.hardware")
+        if sweep.serve.formats is not None:
+            _known(sweep.serve.formats, {f: 1 for f in sweep.formats}, source, "serve.formats")
     if sweep.tune.enabled:
         _check_tune(sweep, catalog, source)
 

@@ -16,6 +16,7 @@ from typing import Any
 from cluster.plan.cells import Cell
 from cluster.run.env import RunEnv
 from serve import engine as engine_spec
+from serve.config import EngineConfig
 
 
 class EngineHost:
@@ -82,15 +83,23 @@ class EngineHost:
 
 def start_host(env: RunEnv, cell: Cell, slot: int) -> Any:
     """One engine host actor; on CPU bound to core `slot`, on GPUs holding the checkpoint's TP GPUs."""
+    if not env.gpu:
+        return cpu_host(env.sweep.engine, slot)
+    tp = env.catalog.models[cell.model].gpus.get(cell.format, 1)
+    env_vars = dict(engine_spec.IN_PROCESS_ENV) if tp == 1 else {}
+    return _actor({"num_cpus": env.sweep.eval.cpus_per_actor, "num_gpus": tp}, env_vars)
+
+
+def cpu_host(engine: EngineConfig, slot: int) -> Any:
+    """An engine host for vLLM's CPU build, bound to core `slot`.
+
+    It asks Ray for no CPU slot: how many run at once is the executor's to count (run.max_parallel).
+    """
+    return _actor({"num_cpus": 0}, {**engine_spec.IN_PROCESS_ENV, **engine_spec.cpu_env(engine, core=slot)})
+
+
+def _actor(opts: dict[str, Any], env_vars: dict[str, str]) -> Any:
     import ray
 
-    if env.gpu:
-        tp = env.catalog.models[cell.model].gpus.get(cell.format, 1)
-        opts: dict[str, Any] = {"num_cpus": env.sweep.eval.cpus_per_actor, "num_gpus": tp}
-        env_vars = dict(engine_spec.IN_PROCESS_ENV) if tp == 1 else {}
-    else:
-        # CPU slots are the executor's to count (run.max_parallel); the binding is explicit.
-        opts = {"num_cpus": 0}
-        env_vars = {**engine_spec.IN_PROCESS_ENV, **engine_spec.cpu_env(env.sweep.engine, core=slot)}
     cls = ray.remote(max_restarts=0)(EngineHost)
     return cls.options(runtime_env={"env_vars": env_vars}, **opts).remote()

@@ -232,7 +232,8 @@ def plan(sweep: SweepConfig, catalog: Catalog, host: HostProfile) -> list[Cell]:
         p.prepare(m)
         for f in formats:
             p.quantize(m, f)
-            p.health(m, f)
+            if ev.enabled or sv.enabled:  # a tuning-only sweep loads no checkpoint of its own
+                p.health(m, f)
         if ev.enabled:
             for f in formats:
                 for s in ev.suites:
@@ -245,7 +246,7 @@ def plan(sweep: SweepConfig, catalog: Catalog, host: HostProfile) -> list[Cell]:
                 if ev.similarity.enabled and f != sweep.baseline:
                     p.similarity(m, f)
         if sv.enabled:
-            for f in formats:
+            for f in (f for f in formats if sv.formats is None or f in sv.formats):
                 for h in sv.hardware:
                     for u in sv.use_cases:
                         p.loadtest(m, f, h, u)

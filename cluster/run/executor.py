@@ -13,6 +13,7 @@ tests) run alone there, with nothing beside them. On a cluster Ray's resources d
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,16 @@ class Summary:
 
 
 _RUNNERS: dict[bool, Any] = {}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: message` of the root cause, on one line, without terminal colours."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [x.strip() for x in _ANSI.sub("", str(exc)).splitlines() if x.strip()]
+    return f"{type(exc).__name__}: {lines[-1][:400] if lines else ''}".rstrip(": ")
 
 
 def _remote_runner(cell: Cell, env: RunEnv):
@@ -150,7 +161,13 @@ class Executor:
         out = [c for c in self._pending() if all(self.state[d] in OK for d in c.deps)]
         # tune first: its search is the longest chain of a sweep; it overlaps everything else
         rank = {s: i for i, s in enumerate(("tune", *(x for x in STAGE_ORDER if x != "tune")))}
-        return sorted(out, key=lambda c: (c.resources.exclusive, self._session_open(c) is None, rank[c.stage]))
+        # work on open sessions first, then deploy Serve early (its replicas start while the rest
+        # runs; only the measurement waits to run alone), then by stage
+        def order(c: Cell) -> tuple:
+            live = self._session_open(c) is not None
+            return (not live, not (c.resources.exclusive and not live), rank[c.stage])
+
+        return sorted(out, key=order)
 
     def _session_open(self, cell: Cell) -> Session | None:
         kind = registry.STAGES[cell.stage].session
@@ -274,7 +291,7 @@ class Executor:
             s.handle = ray.get(ref)
             self.console.log(f"session {s.key} ready")
         except Exception as exc:  # every cell of the session gets this reason
-            reason = f"Serve app failed to start: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            reason = f"Serve app failed to start: {one_line(exc)}"
             for c in self._pending():
                 if registry.STAGES[c.stage].session == "serve" and session_key(c, "serve", self.env.gpu) == s.key:
                     self._placeholder(c, "failed", reason)
@@ -312,7 +329,7 @@ class Executor:
         return self._failed(r, exc)
 
     def _failed(self, r: _Running, exc: BaseException) -> None:
-        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:400] if str(exc).strip() else ''}"
+        error = one_line(exc)
         cr = CellRun(r.cell, self.env, self._inputs(r.cell))
         self._finish(r.cell, registry.placeholder(cr, "failed", error), "failed", r.started, error)
         self._maybe_close(r.session)

@@ -320,6 +320,7 @@ def run(cr: CellRun) -> CellResult:
         note = f"best {dict(rows[best]['params'])}: recovery {rows[best]['recovery_pct']:.2f}%"
         if t.validation_suite:
             rows[best].update(_validate(cr, setup, recipe))
+            note += f"; {t.validation_suite} validation recovery {rows[best]['validation_recovery_pct']:.2f}%"
             files[f"tune/{name}/validation.json"] = {k: rows[best][k] for k in ("validation_suite", "validation_recovery_pct")}
     return CellResult(rows={"trials": rows}, files=files, context=cr.context(1), note=note)
 

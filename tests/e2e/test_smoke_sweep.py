@@ -1,4 +1,6 @@
-"""The README's demo, end to end through the CLI: every stage, every dataset, both tables."""
+"""The README's demo, end to end through the CLI: every stage, every dataset, every planned cell in
+every table with a status, a real quantization effect, progress lines in a non-terminal log, and
+`status` on the finished run."""
 
 from __future__ import annotations
 
@@ -10,26 +12,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.schemas import CATALOG
+from cluster.store.schemas import CATALOG
+from tests.helpers import host_profile
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-FORMATS = {"bf16", "w8a8-fp", "w8a8-int", "w4a16-int"}
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory, organism_assets):
-    out = tmp_path_factory.mktemp("smoke")
-    (out / "cache").symlink_to(organism_assets.root.parent)  # the organism is built once per session
-    proc = subprocess.run(
-        [sys.executable, "-m", "cluster", "run", "sweeps/smoke.yaml", f"output_root={out}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout
+FORMATS = {"bf16", "w8a8-fp", "w8a8-int", "w4a16-int", "w4a16-rtn"}
+WEIGHT_ONLY = {"w4a16-int", "w4a16-rtn"}
 
 
 def _rows(out: Path, name: str) -> list[dict]:
@@ -44,61 +33,74 @@ def test_every_dataset_has_rows_and_the_documented_columns(smoke):
         assert set(schema.names) <= set(table.column_names), name
 
 
-def test_each_format_was_quantized_and_evaluated_in_vllm(smoke):
+def test_every_format_is_quantized_checked_and_evaluated_on_this_host(smoke):
     out, _ = smoke
     q = {r["format"]: r for r in _rows(out, "quantized")}
-    assert set(q) == FORMATS and all(r["health"] == "ok" for r in q.values())
+    assert set(q) == FORMATS and all(r["health"] == "ok" for r in q.values()), q
     for f in FORMATS - {"bf16"}:
         assert "quantization_config" in json.loads((Path(q[f]["path"]) / "config.json").read_text())
+    scores = _rows(out, "eval_scores")
+    assert {r["format"] for r in scores if r["status"] == "measured"} == FORMATS
+    dense = bool(host_profile().missing_kernel("W4A16"))
+    for r in scores:  # weight-only formats go through a dense copy exactly where vLLM lacks their kernel
+        expected = "base" if r["format"] == "bf16" else ("dequantized" if dense and r["format"] in WEIGHT_ONLY else "compressed")
+        assert r["weights"] == expected and r["backend"] == "vllm", r
     samples = [r for r in _rows(out, "eval_samples") if r["task"] == "qs_tiny_gen"]
     for f in FORMATS:
         mine = [r for r in samples if r["format"] == f]
-        assert len(mine) == len({r["doc_id"] for r in mine}) == 50
-        assert all(isinstance(json.loads(r["response"])[0], str) for r in mine)
+        assert len(mine) == len({r["doc_id"] for r in mine}) == 100
 
 
-def test_recovery_is_a_ratio_of_suite_averages(smoke):
+def test_recovery_shows_a_real_loss_next_to_a_recipe_that_recovers(smoke):
     out, _ = smoke
     rec = {r["format"]: r for r in _rows(out, "recovery")}
-    assert set(rec) == FORMATS and rec["bf16"]["recovery_pct"] == pytest.approx(100.0)
+    assert set(rec) == FORMATS and all(r["status"] == "measured" for r in rec.values())
+    assert rec["bf16"]["recovery_pct"] == pytest.approx(100.0)
+    rtn, gptq = rec["w4a16-rtn"], rec["w4a16-int"]
+    assert rtn["recovery_ci_high"] < 100.0, rtn  # round-to-nearest INT4 measurably loses accuracy
+    assert gptq["recovery_pct"] > rtn["recovery_ci_high"], (gptq, rtn)  # GPTQ wins most of it back
+    assert rtn["flips_right_to_wrong"] > gptq["flips_right_to_wrong"]
+    for r in rec.values():
+        assert r["recovery_ci_low"] <= r["recovery_pct"] <= r["recovery_ci_high"]
     scores = [r for r in _rows(out, "eval_scores") if r["format"] == "w4a16-int"]
     mean = sum(r["value"] for r in scores) / len(scores) * 100
-    assert rec["w4a16-int"]["score"] == pytest.approx(mean)
-    assert rec["w4a16-int"]["recovery_pct"] == pytest.approx(100 * mean / rec["bf16"]["score"])
-    assert all(r["actors"] == 2 and r["add_bos_token"] is True for r in scores)
+    assert gptq["score"] == pytest.approx(mean) and gptq["recovery_pct"] == pytest.approx(100 * mean / rec["bf16"]["score"])
 
 
-def test_perf_measured_where_possible_and_fp8_says_why(smoke):
+def test_perf_measured_where_possible_and_every_other_cell_says_why(smoke):
     out, _ = smoke
     perf = _rows(out, "perf")
-    fp8 = [r for r in perf if r["format"] == "w8a8-fp"]
-    assert fp8 and all(
-        r["status"] == "skipped" and "fp8" in r["skip_reason"] and r["queries_per_dollar"] is None
-        for r in fp8
-    )
+    assert {r["format"] for r in perf} == FORMATS and len(perf) == 2 * len(FORMATS)
+    for r in perf:
+        if r["status"] == "skipped":
+            assert r["skip_reason"].startswith("not measured: ") and r["queries_per_dollar"] is None, r
+    assert all("fp8" in r["skip_reason"] for r in perf if r["format"] == "w8a8-fp")
+    measurable = {"bf16", "w8a8-int"} | (set() if host_profile().missing_kernel("W4A16") else WEIGHT_ONLY)
     measured = [r for r in perf if r["status"] == "measured"]
-    assert {r["format"] for r in measured} == {"bf16", "w8a8-int", "w4a16-int"}
-    assert {r["mode"] for r in measured} == {"sync", "async"}
+    assert {r["format"] for r in measured} == measurable
     for r in measured:
-        assert r["completed"] > 0 and r["failed"] == 0
-        assert r["mean_ttft_ms"] > 0 and r["queries_per_dollar"] > 0
-    reqs = _rows(out, "requests")
-    ok = [r for r in reqs if r["status"] == "ok" and not r["warmup"]]
+        assert r["completed"] > 0 and r["failed"] == 0 and r["mean_ttft_ms"] > 0 and r["queries_per_dollar"] > 0
+    ok = [r for r in _rows(out, "requests") if r["status"] == "ok" and not r["warmup"]]
     assert ok and all(r["output_tokens"] == 32 and r["prompt_tokens"] == 64 for r in ok)
-    assert all(len(r["chunk_s"]) >= 1 and r["first_token_s"] <= r["end_s"] for r in ok)
 
 
-def test_tune_ran_three_trials_and_exported_a_recipe(smoke):
-    out, stdout = smoke
+def test_tuning_finds_distinct_recoveries_and_exports_a_recipe(smoke):
+    out, _ = smoke
     trials = _rows(out, "trials")
-    assert len(trials) == 3 and all(r["status"] == "ok" and r["recovery_pct"] is not None for r in trials)
-    assert {dict(r["params"])["dampening_frac"] for r in trials} == {"0.001", "0.01", "0.1"}
+    assert len(trials) == 3 and all(r["status"] == "ok" for r in trials)
+    assert {dict(r["params"])["group_size"] for r in trials} == {"32", "64", "128"}
+    assert len({round(r["recovery_pct"], 2) for r in trials}) >= 2
+    assert sum(r["is_best"] for r in trials) == 1
     assert list((out / "tune").glob("*/best_recipe.yaml"))
 
 
-def test_tables_printed_and_provenance_stamped(smoke):
-    out, stdout = smoke
-    assert "Accuracy recovery" in stdout and "Serving performance" in stdout
+def test_every_row_records_its_cell_dtype_and_threads(smoke):
+    out, _ = smoke
+    for name in CATALOG:
+        for row in _rows(out, name):
+            assert row["cell_key"] and row["compute_dtype"] in ("float32", "bfloat16") and row["threads"] >= 0
+    q = [r for r in _rows(out, "eval_scores")]
+    assert {r["compute_dtype"] for r in q} == {host_profile().compute_dtype}
     row = _rows(out, "recovery")[0]
     assert row["git_sha"] and row["config_hash"] and dict(row["versions"])["llmcompressor"] == "0.14.0.1"
 
@@ -110,17 +112,15 @@ def test_similarity_of_each_format_to_bf16(smoke):
     assert all(len([r for r in rows if r["format"] == f]) == 16 for f in FORMATS - {"bf16"})
     for r in rows:
         assert all(0.0 <= r[k] <= 1.0 for k in ("rouge1", "rougeL", "bertscore_f1", "sts"))
-        if r["candidate"] == r["reference"]:
-            assert r["rouge1"] == pytest.approx(1.0)
     assert "Generation similarity" in stdout
 
 
-def test_recovery_carries_a_bootstrap_interval_and_flips(smoke):
-    out, _ = smoke
-    rec = {r["format"]: r for r in _rows(out, "recovery")}
-    assert rec["bf16"]["flips_right_to_wrong"] == rec["bf16"]["flips_wrong_to_right"] == 0
-    for r in rec.values():
-        assert r["recovery_ci_low"] <= r["recovery_pct"] <= r["recovery_ci_high"]
+def test_tables_and_progress_lines_are_in_a_non_terminal_log(smoke):
+    _, stdout = smoke
+    assert "Accuracy recovery" in stdout and "Serving performance" in stdout and "Tuning trials" in stdout
+    assert "start evaluate organism w4a16-rtn tiny" in stdout
+    assert "done, 0 failed" in stdout and "elapsed" in stdout
+    assert "prepare organism: weights at" in stdout
 
 
 def test_lm_eval_results_json_written_per_checkpoint(smoke):
@@ -128,4 +128,23 @@ def test_lm_eval_results_json_written_per_checkpoint(smoke):
     files = sorted((out / "results" / "smoke" / "organism").glob("*/tiny.json"))
     assert {p.parent.name for p in files} == FORMATS
     body = json.loads(files[0].read_text())
-    assert set(body["results"]) == {"qs_tiny_mc", "qs_tiny_gen"} and body["config"]["actors"] == 2
+    assert set(body["results"]) == {"qs_tiny_mc", "qs_tiny_gen"} and body["config"]["actors"] == 1
+
+
+def test_status_lists_every_cell_of_the_finished_run(smoke):
+    out, _ = smoke
+    proc = subprocess.run([sys.executable, "-m", "cluster", "status", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    title = next(line for line in proc.stdout.splitlines() if "sweep smoke" in line)
+    skipped = 1 + (2 if host_profile().missing_kernel("W4A16") else 0)  # fp8 (+ INT4 on AVX2) load tests
+    assert f"{36 - skipped} done, {skipped} skipped" in title and "pending" not in title and "failed" not in title
+
+
+def test_a_rerun_recomputes_nothing(smoke):
+    out, _ = smoke
+    proc = subprocess.run([sys.executable, "-m", "cluster", "run", "sweeps/smoke.yaml", f"output_root={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "all 36 cells already committed" in proc.stdout and "start " not in proc.stdout
+    assert "Accuracy recovery" in proc.stdout  # the report is read back from the datasets

@@ -20,7 +20,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.recipes import load_recipe
+from cluster.quant.recipes import load_recipe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ def test_every_trial_is_a_row_with_rungs_and_the_best_is_validated(resumed):
         r["recovery_pct"] for r in rows if not r["stopped_early"]
     )
     assert best["validation_suite"] == "tiny_val" and best["validation_recovery_pct"] >= 95.0
-    assert "tune: validation on tiny_val" in stdout
+    assert "tiny_val validation recovery" in stdout
 
 
 def test_the_best_recipe_is_a_ready_recipe_file(resumed):

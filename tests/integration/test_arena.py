@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cluster.arena import (
+from cluster.config.schema import JudgeStage
+from cluster.eval.arena import (
     LABELS,
-    JudgeConfig,
     answers_from_samples,
     evaluate_task,
     judge_pair,
@@ -116,7 +116,7 @@ def judge():
 def cfg(judge, monkeypatch):
     monkeypatch.delenv("QS_TEST_JUDGE_KEY", raising=False)
     judge[1].clear()
-    return JudgeConfig(base_url=judge[0], model="fake-judge", api_key_env="QS_TEST_JUDGE_KEY", timeout_s=10)
+    return JudgeStage(base_url=judge[0], model="fake-judge", api_key_env="QS_TEST_JUDGE_KEY", timeout_s=10)
 
 
 def _questions(prefix: str, n: int) -> list[dict]:
@@ -219,7 +219,7 @@ class FakeLM:
 
 
 def test_evaluate_task_shape_and_baseline_reuse(cfg, tmp_path):
-    from cluster.evaluate import metric_value
+    from cluster.eval.scoring import metric_value
 
     path = tmp_path / "questions.jsonl"
     lines = [{"question_id": "a1", "prompt": "What is 2+2?"}]

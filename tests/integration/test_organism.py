@@ -1,7 +1,8 @@
 """The model organism: trained to >= 90 % BF16 accuracy, hurt by INT4 rounding, helped by GPTQ, deterministic.
 
 Accuracy is real lm-eval (`hf` backend, in-process, BOS added as the vLLM engines add it) on the
-`tiny` suite's tasks; quantized checkpoints come from the quantize stage's own `run_quantize`.
+`tiny` suite's tasks, in the host's compute dtype; quantized checkpoints come from the quantize
+stage's own `quantize_into`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import json
 
 import pytest
 
-from cluster import organism
-from cluster.config import CalibrationConfig, RecipeConfig
-from cluster.quantize import QuantizeJob, run_quantize
+from cluster.config.schema import CalibrationConfig, RecipeConfig
+from cluster.models import organism
+from cluster.quant.oneshot import quantize_into
+from tests.helpers import host_profile
 
 pytestmark = pytest.mark.integration
 TASKS = {"qs_tiny_mc": "acc,none", "qs_tiny_gen": "exact_match,strip"}
@@ -38,7 +40,7 @@ def _evaluate(path: str, tasks_dir: str) -> dict[str, float]:
     torch.set_num_threads(1)
     out = lm_eval.simple_evaluate(
         model="hf",
-        model_args=f"pretrained={path},dtype=bfloat16,device=cpu,add_bos_token=True",
+        model_args=f"pretrained={path},dtype={host_profile().compute_dtype},device=cpu,add_bos_token=True",
         tasks=list(TASKS),
         task_manager=TaskManager(include_path=tasks_dir),
         batch_size=64,
@@ -66,18 +68,10 @@ def scores(built, tmp_path_factory) -> dict[str, dict[str, float]]:
     root = tmp_path_factory.mktemp("artifacts")
     out = {"bf16": _evaluate(str(built.model_dir), str(built.tasks_dir))}
     for name, recipe in RECIPES.items():
-        job = QuantizeJob(
-            "organism",
-            name,
-            str(built.model_dir),
-            recipe,
-            str(root),
-            str(built.instruct_file),
-            f"tiny:{built.root.name}",
-        )
-        meta = run_quantize(job)
+        path = root / name
+        meta = quantize_into(str(built.model_dir), recipe, path, host_profile().compute_dtype, str(built.instruct_file))
         assert not meta["rtn_fallback_modules"], meta["rtn_fallback_modules"]
-        out[name] = _evaluate(meta["path"], str(built.tasks_dir))
+        out[name] = _evaluate(str(path), str(built.tasks_dir))
     print(json.dumps(out, indent=2))
     return out
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import humaneval
-from cluster.sandbox import Limits, network_isolation, run_python
+from cluster.eval import humaneval
+from cluster.eval.sandbox import Limits, network_isolation, run_python
 
 pytestmark = pytest.mark.integration
 

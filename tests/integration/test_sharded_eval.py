@@ -1,74 +1,117 @@
-"""The actor pool's metrics equal plain, unsharded lm-eval on the same model and tasks."""
+"""Engine hosts: sharded metrics equal plain, unsharded lm-eval on the same model and tasks; a host
+reloads another checkpoint in place; a host killed mid-run loses nothing and changes no metric."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
 import pytest
 
-from cluster.evalpool import (
-    EngineSpec,
-    ShardedLM,
-    evaluate_suite,
-    start_pool,
-    stop_pool,
-)
+from cluster.eval.harness import evaluate_suite
+from cluster.eval.pool import ShardedLM
+from cluster.stages.health import load_on_hosts
+from tests.helpers import TINY_TASKS, lm_kwargs
 
 pytestmark = pytest.mark.integration
-TASKS = ["qs_tiny_mc", "qs_tiny_gen"]
 
 
 @pytest.fixture(scope="module")
-def both(tiny, ray_local, tiny_reference):
-    """(sharded over 2 actors, unsharded lm-eval) results for the tiny bf16 model."""
-    actors = start_pool(EngineSpec(model_path=str(tiny.model_dir)), 2, 1, 0)
-    try:
-        pids = ray_local.get([a.pid.remote() for a in actors])
-        lm = ShardedLM(actors)
-        sharded = evaluate_suite(
-            lm, [(t, None) for t in TASKS], str(tiny.tasks_dir), None, False, False, 1234
-        )
-        from cluster.humaneval import evaluate_task
+def sharded(tiny, cpu_hosts, ray_local):
+    """(results over 2 hosts, the hosts' pids) for the tiny bf16 model."""
+    assert load_on_hosts(cpu_hosts, str(tiny.model_dir), lm_kwargs())["ok"]
+    pids = ray_local.get([h.pid.remote() for h in cpu_hosts])
+    lm = ShardedLM(cpu_hosts)
+    out = evaluate_suite(lm, [(t, None) for t in TINY_TASKS], str(tiny.tasks_dir), None, False, False, 1234)
+    from cluster.eval.humaneval import evaluate_task
 
-        sharded["humaneval"] = evaluate_task(lm, "humaneval", limit=3, max_tokens=64)
-    finally:
-        stop_pool(actors)
-    return sharded, tiny_reference, pids
+    out["humaneval"] = evaluate_task(lm, "humaneval", limit=3, max_tokens=64)
+    return out, pids
 
 
-def test_two_distinct_actor_processes(both):
-    _, _, pids = both
+def test_two_distinct_host_processes(sharded):
+    _, pids = sharded
     assert len(set(pids)) == 2 and os.getpid() not in pids
 
 
-def test_sharded_metrics_identical_to_unsharded(both):
-    sharded, reference, _ = both
-    for task in TASKS:
-        ours = {k: v for k, v in sharded["results"][task].items() if "," in k}
-        theirs = {k: v for k, v in reference["results"][task].items() if "," in k}
+def test_sharded_metrics_identical_to_unsharded(sharded, tiny_reference):
+    out, _ = sharded
+    for task in TINY_TASKS:
+        ours = {k: v for k, v in out["results"][task].items() if "," in k}
+        theirs = {k: v for k, v in tiny_reference["results"][task].items() if "," in k}
         assert ours and ours == theirs, task
 
 
-def test_every_sample_identical_and_present_once(both):
-    sharded, reference, _ = both
-    for task in TASKS:
-        ours = {s["doc_id"]: s["filtered_resps"] for s in sharded["samples"][task]}
-        theirs = {s["doc_id"]: s["filtered_resps"] for s in reference["samples"][task]}
-        assert len(ours) == len(sharded["samples"][task]) == len(theirs) > 0
+def test_every_sample_identical_and_present_once(sharded, tiny_reference):
+    out, _ = sharded
+    for task in TINY_TASKS:
+        ours = {s["doc_id"]: s["filtered_resps"] for s in out["samples"][task]}
+        theirs = {s["doc_id"]: s["filtered_resps"] for s in tiny_reference["samples"][task]}
+        assert len(ours) == len(out["samples"][task]) == len(theirs) > 0
         assert ours == theirs, task
 
 
-def test_generation_task_really_generated(both):
-    sharded, _, _ = both
-    responses = [s["resps"][0][0] for s in sharded["samples"]["qs_tiny_gen"]]
-    assert all(isinstance(r, str) for r in responses) and any(r for r in responses)
-
-
-def test_humaneval_path_generates_with_the_pool_and_scores_in_the_sandbox(both):
-    sharded, _, _ = both
-    out = sharded["humaneval"]
-    samples = out["samples"]["humaneval"]
+def test_humaneval_path_generates_with_the_hosts_and_scores_in_the_sandbox(sharded):
+    out, _ = sharded
+    samples = out["humaneval"]["samples"]["humaneval"]
     assert [s["doc_id"] for s in samples] == [0, 1, 2]
     assert all(isinstance(s["filtered_resps"][0], str) for s in samples)
     assert all(s["status"] in ("passed", "failed", "timeout", "blocked") for s in samples)
-    assert out["results"]["humaneval"]["pass@1,none"] == sum(s["pass@1"] for s in samples) / 3
+    assert out["humaneval"]["results"]["humaneval"]["pass@1,none"] == sum(s["pass@1"] for s in samples) / 3
+
+
+def test_a_host_reloads_only_when_the_checkpoint_changes(sharded, tiny, organism_assets, cpu_hosts, ray_local):
+    again = ray_local.get(cpu_hosts[0].load.remote(str(tiny.model_dir), lm_kwargs()))
+    assert again["ok"] and again["load_s"] == 0.0  # already loaded
+    other = ray_local.get(cpu_hosts[0].load.remote(str(organism_assets.model_dir), lm_kwargs()))
+    assert other["ok"] and other["load_s"] > 0
+    broken = ray_local.get(cpu_hosts[0].load.remote(str(tiny.root / "no-such-model"), lm_kwargs()))
+    assert not broken["ok"] and broken["error"]
+    assert ray_local.get(cpu_hosts[0].load.remote(str(tiny.model_dir), lm_kwargs()))["ok"]  # still usable
+
+
+def _kill_when_started(lm: ShardedLM, pid: int, done: threading.Event) -> None:
+    deadline = time.monotonic() + 120
+    while lm.chunks_done < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    done.set()
+
+
+def test_a_host_killed_mid_run_is_replaced_and_every_sample_written_once(tiny, cpu_hosts, ray_local, tiny_reference):
+    from cluster.eval.engine_host import cpu_host
+    from serve.config import EngineConfig
+
+    def replace(slot: int):
+        host = cpu_host(EngineConfig(), slot)
+        assert ray_local.get(host.load.remote(str(tiny.model_dir), lm_kwargs()))["ok"]
+        cpu_hosts[slot] = host  # the session fixture's hosts stay usable for later tests
+        return host
+
+    assert load_on_hosts(cpu_hosts, str(tiny.model_dir), lm_kwargs())["ok"]
+    lm = ShardedLM(list(cpu_hosts), replace=replace, chunks_per_actor=8)
+    killed = threading.Event()
+    victim = ray_local.get(cpu_hosts[1].pid.remote())
+    threading.Thread(target=_kill_when_started, args=(lm, victim, killed), daemon=True).start()
+    out = evaluate_suite(lm, [(t, None) for t in TINY_TASKS], str(tiny.tasks_dir), None, False, False, 1234)
+    assert killed.is_set() and lm.failures == 1
+    for task in TINY_TASKS:
+        ids = [s["doc_id"] for s in out["samples"][task]]
+        assert len(ids) == len(set(ids)) == len(tiny_reference["samples"][task])
+        assert {s["doc_id"]: s["filtered_resps"] for s in out["samples"][task]} == {
+            s["doc_id"]: s["filtered_resps"] for s in tiny_reference["samples"][task]}
+
+
+def test_without_replacements_the_actor_error_reaches_the_caller(tiny, ray_local):
+    from ray.exceptions import RayActorError
+
+    from cluster.eval.engine_host import cpu_host
+    from serve.config import EngineConfig
+
+    host = cpu_host(EngineConfig(), 0)
+    os.kill(ray_local.get(host.pid.remote()), signal.SIGKILL)
+    time.sleep(1)
+    with pytest.raises(RayActorError):  # the executor sees lost infrastructure and retries the cell
+        evaluate_suite(ShardedLM([host]), [("qs_tiny_mc", None)], str(tiny.tasks_dir), 4, False, False, 1234)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import similarity
-from cluster.similarity import METRICS, score_pairs, summarize
+from cluster.eval import textsim as similarity
+from cluster.config.schema import SimilarityStage
+from cluster.eval.textsim import METRICS, score_pairs, summarize
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +30,14 @@ def cfg():
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setattr(socket.socket, "connect", _no_network)
         similarity._SCORERS.clear()
-        config = similarity.default_config()
+        config = SimilarityStage()
         score_pairs([CAT], [PARAPHRASE], config)
     return config
 
 
 def test_default_models_are_local_and_load_offline(cfg):
-    assert Path(cfg.sts_model, "modules.json").is_file()
-    assert cfg.bertscore_model == cfg.sts_model
+    assert Path(similarity.sts_model(cfg), "modules.json").is_file()
+    assert similarity.bertscore_model(cfg) == similarity.sts_model(cfg)
     assert similarity.bertscore_layers(cfg) == 6  # MiniLM-L6: its last layer
     kinds = {key[0] for key in similarity._SCORERS}
     assert {"sts", "bertscore", "rouge"} <= kinds

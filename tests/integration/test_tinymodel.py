@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cluster import tinymodel
+from cluster.models import tinymodel
 
 pytestmark = pytest.mark.integration
 

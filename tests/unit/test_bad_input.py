@@ -99,7 +99,7 @@ CASES: list[tuple[str, Callable[[Path], tuple[Path, list[str]]], str]] = [
     ("error-budget", lambda t: (_sweep(t, lambda d: d["serve"].update(error_budget=2)), []), "serve.error_budget"),
     ("trial-cpus", lambda t: (_sweep(t, lambda d: d["tune"].update(cpus_per_trial=0)), []), "tune.cpus_per_trial must be > 0"),
     ("model-path", lambda t: (_sweep(t, lambda d: d.update(model_paths={"organism": str(t)})), []), "no config.json"),
-    ("prompts-file", lambda t: (_sweep(t, lambda d: d["eval"]["similarity"].update(prompts=str(t / "p.jsonl"))), []), "does not exist"),
+    ("prompts-file", lambda t: (_sweep(t, lambda d: d["eval"].setdefault("similarity", {}).update(prompts=str(t / "p.jsonl"))), []), "does not exist"),
     ("conf-dir", lambda t: (_sweep(t, lambda d: d.update(conf_dir=str(t / "nope"))), []), "is not a directory"),
     ("conf-price", lambda t: (_conf(t, "hardware.yaml", lambda d: d["a100"]["price_per_hour"].update({1: -1.0})), []), "price_per_hour.1 must be > 0"),
     ("conf-tokens", lambda t: (_conf(t, "use_cases.yaml", lambda d: d["rag"].update(prompt_tokens=0)), []), "prompt_tokens must be >= 1"),

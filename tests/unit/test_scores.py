@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.config import SuiteConfig, TaskSpec
-from cluster.evalpool import balanced_shards
-from cluster.evaluate import metric_value, recovery_pct, suite_score
+from cluster.config.schema import SuiteConfig, TaskSpec
+from cluster.eval.pool import balanced_shards
+from cluster.eval.scoring import metric_value, recovery_pct, suite_score
 
 pytestmark = pytest.mark.unit
 V1 = ["mmlu", "mmlu_cot", "arc_c", "gsm8k_cot", "hellaswag", "winogrande", "truthfulqa"]

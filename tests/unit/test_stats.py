@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.config import SuiteConfig, TaskSpec
-from cluster.evaluate import recovery_pct, suite_score
-from cluster.stats import bootstrap_recovery, flips
+from cluster.config.schema import SuiteConfig, TaskSpec
+from cluster.eval.scoring import recovery_pct, suite_score
+from cluster.eval.stats import bootstrap_recovery, flips
 
 pytestmark = pytest.mark.unit
 SUITE = SuiteConfig(name="s", tasks=[TaskSpec(name="a"), TaskSpec(name="b")])

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from cluster.config import SuiteConfig, TaskSpec, TuneStage
-from cluster.tune import apply_params, budgets, docs_of, docs_score, first_docs
+from cluster.config.schema import SuiteConfig, TaskSpec, TuneStage
+from cluster.eval.scoring import docs_from_rows, docs_of, docs_score
+from cluster.stages.tune import apply_params, budgets, first_docs
 
 pytestmark = pytest.mark.unit
 SUITE = SuiteConfig(
@@ -47,13 +48,23 @@ def test_rungs_add_only_new_documents_clipped_to_each_task():
 
 
 def test_budgets_are_the_rungs_or_one_report_at_the_limit():
-    assert budgets(TuneStage(rungs=[25, 50, 100])) == [25, 50, 100]
-    assert budgets(TuneStage(limit=30)) == [30]
-    assert budgets(TuneStage()) == [None]
+    assert budgets(TuneStage(rungs=[25, 50, 100])) == (25, 50, 100)
+    assert budgets(TuneStage(limit=30)) == (30,)
+    assert budgets(TuneStage()) == (None,)
+
+
+def test_committed_samples_give_the_same_per_document_values():
+    rows = [
+        {"task": "mc", "doc_id": 0, "metrics": [("acc", 1.0)]},
+        {"task": "mc", "doc_id": 1, "metrics": [("acc", 0.0)]},
+        {"task": "gen", "doc_id": 0, "metrics": [("exact_match", 1.0)]},
+        {"task": "other", "doc_id": 0, "metrics": [("acc", 1.0)]},
+    ]
+    assert docs_from_rows(rows, SUITE) == {"mc": {0: 1.0, 1: 0.0}, "gen": {0: 1.0}}
 
 
 def test_apply_params_sets_dotted_keys_on_a_copy():
-    from cluster.loader import load_catalog
+    from cluster.config.loader import load_catalog
 
     recipe = load_catalog().formats["w8a8-int"].recipe
     tuned = apply_params(
