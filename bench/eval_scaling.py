@@ -45,31 +45,48 @@ def _metrics(out: dict) -> dict:
     return {t: {k: v for k, v in out["results"][t].items() if "," in k} for t in TASKS}
 
 
-def plain(spec, include: str, seed: int) -> tuple[float, dict]:
+def _kwargs() -> dict:
+    from serve.config import EngineConfig
+    from serve.engine import lm_eval_kwargs
+    from serve.host import detect
+
+    return lm_eval_kwargs(EngineConfig(), detect(), tp=1, cpu=True, seed=1234)
+
+
+def plain(model: str, include: str, seed: int) -> tuple[float, dict]:
     """Unsharded lm-eval with its own vLLM backend, in a fresh Ray worker process."""
     import ray
 
-    from cluster.evalpool import CPU_ENGINE_ENV, reference_evaluate
+    from cluster.eval.harness import reference_evaluate
+    from serve.config import EngineConfig
+    from serve.engine import IN_PROCESS_ENV, cpu_env
 
-    env = {**CPU_ENGINE_ENV, "VLLM_CPU_OMP_THREADS_BIND": "auto", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    env.pop("VLLM_CPU_NUM_OF_RESERVED_CPU")
+    env = {**IN_PROCESS_ENV, **cpu_env(EngineConfig(), core=0), "VLLM_CPU_OMP_THREADS_BIND": "auto"}
     fn = ray.remote(num_cpus=1, max_calls=1)(reference_evaluate).options(runtime_env={"env_vars": env})
     start = time.perf_counter()
-    out = ray.get(fn.remote(spec, TASKS, include, None, seed))
+    out = ray.get(fn.remote(model, _kwargs(), TASKS, include, None, seed))
     return time.perf_counter() - start, _metrics(out)
 
 
-def pool(spec, include: str, n: int, seed: int) -> tuple[float, float, dict]:
-    """The actor pool with n actors: total time (start-up included), start-up time, metrics."""
-    from cluster.evalpool import ShardedLM, evaluate_suite, start_pool, stop_pool
+def pool(model: str, include: str, n: int, seed: int) -> tuple[float, float, dict]:
+    """n engine hosts: total time (start-up included), start-up time, metrics."""
+    import ray
+
+    from cluster.eval.engine_host import cpu_host
+    from cluster.eval.harness import evaluate_suite
+    from cluster.eval.pool import ShardedLM
+    from cluster.stages.health import load_on_hosts
+    from serve.config import EngineConfig
 
     start = time.perf_counter()
-    actors = start_pool(spec, n, 1, 0)
+    hosts = [cpu_host(EngineConfig(), slot) for slot in range(n)]
+    assert load_on_hosts(hosts, model, _kwargs())["ok"]
     ready = time.perf_counter() - start
     try:
-        out = evaluate_suite(ShardedLM(actors), [(t, None) for t in TASKS], include, None, False, False, seed)
+        out = evaluate_suite(ShardedLM(hosts), [(t, None) for t in TASKS], include, None, False, False, seed)
     finally:
-        stop_pool(actors)
+        for h in hosts:
+            ray.kill(h)
     return time.perf_counter() - start, ready, _metrics(out)
 
 
@@ -81,8 +98,7 @@ def main() -> None:
     os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     import ray
 
-    from cluster import tinymodel
-    from cluster.evalpool import EngineSpec
+    from cluster.models import tinymodel
 
     cache = Path(tempfile.mkdtemp(prefix="qs-bench-"))
     assets = tinymodel.build(cache, tinymodel.TinySpec(mc_docs=args.mc_docs, gen_docs=args.gen_docs))
@@ -92,7 +108,7 @@ def main() -> None:
         log_to_driver=False,
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}},
     )
-    spec, include = EngineSpec(model_path=str(assets.model_dir)), str(assets.tasks_dir)
+    spec, include = str(assets.model_dir), str(assets.tasks_dir)
     with Busy() as b_plain:
         t_plain, m_plain = plain(spec, include, 1234)
     with Busy() as b1:

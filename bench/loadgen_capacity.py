@@ -244,7 +244,7 @@ def main() -> None:
         return
     if not Path(args.guidellm).is_file():
         sys.exit(f"error: GuideLLM not found at {args.guidellm} (run `make tools` or pass --guidellm PATH)")
-    from cluster import tinymodel
+    from cluster.models import tinymodel
     from serve.nullserver import null_server
 
     rates = [float(r) for r in args.rates.split(",")]

@@ -41,23 +41,19 @@ DEFAULT = "bare,haproxy,proxy"
 def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, output_tokens: int) -> dict:
     """Child process: start one server variant, run the load, return its summary and URL."""
     os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    from cluster import tinymodel
-    from cluster.loader import load_sweep
+    import dataclasses
+
+    from cluster.config.loader import load_sweep
+    from cluster.models import tinymodel
     from serve import app, loadgen, metrics
+    from serve.host import detect
 
     sweep, _ = load_sweep(REPO / "sweeps" / "smoke.yaml")
     assets = tinymodel.build(Path(tempfile.gettempdir()) / "qs-bench-cache")
     model = app.ServedModel("tiny", str(assets.model_dir))
     ingress, interval = VARIANTS.get(variant, ("haproxy", None))
-    spec = app.ServeSpec(
-        models=[model],
-        engine=sweep.serve.engine,
-        cpu_only=True,
-        port=PROXY_PORT,
-        app_name="bench",
-        stream_batching_interval_ms=interval,
-        ingress=ingress,
-    )
+    cfg = dataclasses.replace(sweep.serve, port=PROXY_PORT, ingress=ingress)
+    spec = app.Deployment((model,), cpu=True, host=detect(), app_name="bench", stream_batching_interval_ms=interval)
     prompts = loadgen.make_prompts(400, prompt_tokens, requests + 8, seed=0)
 
     def load(url: str) -> dict:
@@ -76,7 +72,7 @@ def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, o
     if variant == "bare":
         from serve.bare import vllm_serve
 
-        with vllm_serve(spec, model, port=BARE_PORT) as url:
+        with vllm_serve(cfg, sweep.engine, spec, model, port=BARE_PORT) as url:
             return load(url)
     import ray
 
@@ -84,11 +80,11 @@ def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, o
     os.environ.update(env)
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     try:
-        url = app.start(spec)["tiny"]
+        url = app.start(cfg, sweep.engine, spec)["tiny"]
         try:
             return load(url)
         finally:
-            app.stop(spec)
+            app.stop(cfg, spec)
     finally:
         ray.shutdown()
 

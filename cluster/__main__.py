@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
-    from cluster.config.tasks import check_tasks
     from cluster.config.loader import REPO_ROOT
+    from cluster.config.tasks import check_tasks
     from cluster.report.tables import print_report
     from cluster.run.env import RunEnv
     from cluster.run.executor import Executor, Summary

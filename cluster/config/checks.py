@@ -20,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cluster.config import schema as C
 from cluster.config.calibration import check_calibration_file
-from cluster.config.loader import Catalog, describe
+from cluster.config.merge import describe
+from cluster.config.schema import Catalog
 from cluster.errors import ConfigError
 from serve.config import DTYPES, LOAD_PROFILES, LOOPBACK, SERVE_INGRESS, ServeConfig
 

@@ -9,92 +9,20 @@ imported: `plan` and `run` share this path, and it answers in well under a secon
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from omegaconf import OmegaConf
-from omegaconf.errors import (
-    ConfigKeyError,
-    MissingMandatoryValue,
-    OmegaConfBaseException,
-    ValidationError,
-)
+from typing import TypeVar
 
 from cluster.config import schema as C
 from cluster.config import yamlsafe
+from cluster.config.checks import apply_recipe_overrides, check_catalog, check_sweep
+from cluster.config.merge import structured
+from cluster.config.schema import Catalog
 from cluster.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 DEFAULT_CONF_DIR = REPO_ROOT / "conf"
 
 T = TypeVar("T")
-
-
-@dataclass
-class Catalog:
-    """Everything conf/ defines, keyed by name."""
-
-    models: dict[str, C.ModelConfig]
-    formats: dict[str, C.FormatConfig]
-    suites: dict[str, C.SuiteConfig]
-    use_cases: dict[str, C.UseCaseConfig]
-    hardware: dict[str, C.HardwareConfig]
-    conf_dir: Path
-
-
-def describe(exc: OmegaConfBaseException, schema: type) -> str:
-    """Turn an omegaconf error into a short phrase naming the key."""
-    key = getattr(exc, "full_key", "") or ""
-    if isinstance(exc, ConfigKeyError):
-        parent = key.rsplit(".", 1)[0] if "." in key else ""
-        return f"unknown key '{key}'" + (
-            f" under '{parent}'" if parent else f" (not a field of {schema.__name__})"
-        )
-    if isinstance(exc, MissingMandatoryValue):
-        return f"missing required key '{key}'"
-    if isinstance(exc, ValidationError):
-        msg = str(exc).splitlines()[0]
-        return f"bad value for '{key}': {msg}"
-    return str(exc).splitlines()[0]
-
-
-def structured(schema: type[T], data: Any, source: str, overrides: list[str] | None = None) -> T:
-    """Merge `data` (and dotlist overrides) into `schema` in struct mode; return the object."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at top level, got {type(data).__name__}")
-    try:
-        cfg: Any = OmegaConf.structured(schema)
-        cfg = OmegaConf.merge(cfg, data)
-        for key, value in parse_overrides(overrides or [], source):
-            nested: Any = value
-            for part in reversed(key.split(".")):
-                nested = {part: nested}
-            try:
-                cfg = OmegaConf.merge(cfg, nested)
-            except OmegaConfBaseException as exc:
-                raise ConfigError(f"{source}: override '{key}': {describe(exc, schema)}") from None
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise ConfigError(f"{source}: missing required key '{missing[0]}'")
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: {describe(exc, schema)}") from None
-
-
-def parse_overrides(overrides: list[str], source: str) -> list[tuple[str, Any]]:
-    """CLI `key=value` overrides as (dotted key, strictly parsed YAML value); keys must be unique."""
-    out: list[tuple[str, Any]] = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or not all(KEY_PART.match(part) for part in key.split(".")):
-            raise ConfigError(f"{source}: override '{item}' is not of the form key=value")
-        if key in {k for k, _ in out}:
-            raise ConfigError(f"{source}: override '{key}' given twice")
-        out.append((key, yamlsafe.parse(raw, f"{source}: override '{key}'") if raw else ""))
-    return out
 
 
 def _load_dir(directory: Path, schema: type[T]) -> dict[str, T]:
@@ -124,8 +52,6 @@ def _load_table(path: Path, schema: type[T]) -> dict[str, T]:
 
 def load_catalog(conf_dir: Path | str | None = None) -> Catalog:
     """Load and validate every entry under conf/."""
-    from cluster.config.checks import check_catalog
-
     root = Path(conf_dir) if conf_dir else DEFAULT_CONF_DIR
     if not root.is_dir():
         raise ConfigError(f"conf_dir '{root}' is not a directory")
@@ -143,11 +69,12 @@ def load_catalog(conf_dir: Path | str | None = None) -> Catalog:
 
 def load_sweep(path: Path | str, overrides: list[str] | None = None) -> tuple[C.SweepConfig, Catalog]:
     """Load a sweep file plus CLI overrides, and validate it against the catalog."""
-    from cluster.config.checks import apply_recipe_overrides, check_sweep
-
     source = str(path)
     sweep = structured(C.SweepConfig, yamlsafe.read(Path(path)), source, overrides)
     catalog = load_catalog(sweep.conf_dir)
     check_sweep(sweep, catalog, source)
     apply_recipe_overrides(sweep, catalog, source)
     return sweep, catalog
+
+
+__all__ = ["Catalog", "load_catalog", "load_sweep", "structured", "REPO_ROOT"]

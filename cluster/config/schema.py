@@ -9,6 +9,7 @@ wrong types fail before any work starts (see `cluster.loader`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
@@ -258,3 +259,15 @@ class SweepConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)  # every vLLM engine of the sweep
     ray: RayOptions = field(default_factory=RayOptions)
     run: RunOptions = field(default_factory=RunOptions)
+
+
+@dataclass
+class Catalog:
+    """Everything conf/ defines, keyed by name."""
+
+    models: dict[str, ModelConfig]
+    formats: dict[str, FormatConfig]
+    suites: dict[str, SuiteConfig]
+    use_cases: dict[str, UseCaseConfig]
+    hardware: dict[str, HardwareConfig]
+    conf_dir: Path

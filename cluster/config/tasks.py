@@ -6,8 +6,7 @@ Built models' tasks (`include_path: builtin`) are known by name without lm-eval.
 
 from __future__ import annotations
 
-from cluster.config.loader import Catalog
-from cluster.config.schema import SweepConfig
+from cluster.config.schema import Catalog, SweepConfig
 from cluster.errors import ConfigError
 
 

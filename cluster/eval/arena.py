@@ -105,7 +105,7 @@ def judge_pair(client: httpx.Client, cfg: JudgeStage, question: str, answer_a: s
             },
         ],
     }
-    url = cfg.base_url.rstrip("/").removesuffix("/v1") + "/v1/chat/completions"
+    url = (cfg.base_url or "").rstrip("/").removesuffix("/v1") + "/v1/chat/completions"
     try:
         resp = client.post(url, json=body)
     except httpx.HTTPError:

@@ -15,6 +15,7 @@ from typing import Any
 
 from lm_eval.api.model import LM
 
+
 def balanced_shards(args: list[tuple], n: int) -> list[list[int]]:
     """Split request indices into n shards of near-equal total length (longest first, greedy)."""
     sizes = [sum(len(a) for a in arg if isinstance(a, str)) for arg in args]

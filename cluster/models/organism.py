@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.models import tinymodel
 from cluster.errors import StageError
+from cluster.models import tinymodel
 from cluster.models.tinymodel import TinyAssets, TinySpec
 
 Question = Callable[[random.Random], tuple[str, str]]

@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from cluster.config.loader import Catalog
-from cluster.config.schema import FormatConfig, HardwareConfig, ModelConfig, SweepConfig
+from cluster.config.schema import Catalog, FormatConfig, HardwareConfig, ModelConfig, SweepConfig
 from cluster.plan.keys import content_key, versions
 from serve import engine as engine_spec
 from serve.host import HostProfile

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from cluster.config.merge import structured
 from cluster.config.schema import RecipeConfig
-from cluster.config.loader import structured
 
 RECIPE_FILE = "quantsweep_recipe.yaml"
 

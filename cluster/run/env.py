@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.config.loader import Catalog
-from cluster.config.schema import SweepConfig
+from cluster.config.schema import Catalog, SweepConfig
 from cluster.plan.cells import Cell
 from cluster.store.provenance import CellContext, Provenance
 from serve import engine as engine_spec

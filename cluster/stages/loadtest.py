@@ -124,7 +124,7 @@ def _async_runs(cr: CellRun, url: str, mid: str, prompts: list, out_tokens: int)
     from serve.sweep import run_sweep
 
     sv, seed = cr.env.sweep.serve, cr.env.sweep.seed
-    common = {"api_key": sv.api_key, "timeout_s": sv.request_timeout_s}
+    key, timeout = sv.api_key, sv.request_timeout_s
     if sv.profile == "sweep":
         recs = run_sweep(url, mid, prompts, out_tokens, sv, cr.env.sweep.engine.max_num_seqs, seed)
         runs: dict[tuple[str, float | None], list] = {}
@@ -134,12 +134,15 @@ def _async_runs(cr: CellRun, url: str, mid: str, prompts: list, out_tokens: int)
         return [(p, rate, rs) for (p, rate), rs in runs.items()]
     if sv.profile == "concurrent":
         recs = loadgen.run_concurrent(url, mid, prompts, out_tokens, concurrency=sv.async_concurrency,
-                                      max_requests=sv.async_max_requests, duration_s=sv.async_duration_s, **common)
+                                      max_requests=sv.async_max_requests, duration_s=sv.async_duration_s,
+                                      api_key=key, timeout_s=timeout)
         return [("concurrent", None, recs)]
-    run = loadgen.run_constant if sv.profile == "constant" else loadgen.run_poisson
-    extra = {} if sv.profile == "constant" else {"seed": seed}
-    recs = run(url, mid, prompts, out_tokens, rate=sv.async_rate, duration_s=sv.async_duration_s,
-               max_requests=sv.async_max_requests, **extra, **common)
+    if sv.profile == "constant":
+        recs = loadgen.run_constant(url, mid, prompts, out_tokens, rate=sv.async_rate, duration_s=sv.async_duration_s,
+                                    max_requests=sv.async_max_requests, api_key=key, timeout_s=timeout)
+    else:
+        recs = loadgen.run_poisson(url, mid, prompts, out_tokens, rate=sv.async_rate, duration_s=sv.async_duration_s,
+                                   max_requests=sv.async_max_requests, seed=seed, api_key=key, timeout_s=timeout)
     return [(sv.profile, sv.async_rate, recs)]
 
 

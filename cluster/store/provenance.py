@@ -45,12 +45,11 @@ def package_versions() -> dict[str, str]:
 def git_sha(repo: Path) -> str:
     """The repo's commit (with '-dirty' when it has changes), or 'unknown' outside git."""
     try:
-        run = {"capture_output": True, "text": True, "timeout": 5}
-        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, **run).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], **run
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        git = ["git", "-C", str(repo)]
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

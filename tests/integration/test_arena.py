@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from cluster.config.schema import JudgeStage
+from cluster.errors import ConfigError, StageError
 from cluster.eval.arena import (
     LABELS,
     answers_from_samples,
@@ -36,7 +37,6 @@ from cluster.eval.arena import (
     parse_verdict,
     score_against_baseline,
 )
-from cluster.errors import ConfigError, StageError
 
 pytestmark = pytest.mark.integration
 

@@ -7,31 +7,30 @@ import time
 
 import pytest
 
-from cluster.config import EngineConfig
 from serve import app
+from serve.config import EngineConfig, ServeConfig
+from tests.helpers import host_profile
 
 pytestmark = pytest.mark.integration
 
 
 KEY = "qs-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-SPEC_ARGS = {"cpu_only": True, "port": 8123, "app_name": "qs-test", "api_key": KEY}
+CFG = ServeConfig(port=8123, api_key=KEY)  # the default ingress: HAProxy in front of the LLM server replica
 
 
 @pytest.fixture(scope="module")
 def spec(tiny):
-    # The default ingress (haproxy): HAProxy in front of the LLM server replica, vLLM's own app.
-    return app.ServeSpec(
-        models=[app.ServedModel("tiny-bf16", str(tiny.model_dir))], engine=EngineConfig(), **SPEC_ARGS
-    )
+    return app.Deployment((app.ServedModel("tiny-bf16", str(tiny.model_dir)),), cpu=True, host=host_profile(),
+                          app_name="qs-test")
 
 
 @pytest.fixture(scope="module")
 def served(spec, ray_local):
-    urls = app.start(spec)
+    urls = app.start(CFG, EngineConfig(), spec)
     assert list(urls) == ["tiny-bf16"] and urls["tiny-bf16"].endswith(":8123/tiny-bf16")
     yield urls["tiny-bf16"]
-    app.stop(spec)
+    app.stop(CFG, spec)
     from ray import serve
 
     serve.shutdown()
@@ -52,7 +51,7 @@ def test_haproxy_forwards_straight_to_the_llm_server(served, spec):
 
     # No ingress request router (a Python replica HAProxy would call before every request):
     # the app is the LLM server deployment alone.
-    (name,) = app.app_names(spec)
+    (name,) = app.app_names(CFG, spec)
     assert list(serve.status().applications[name].deployments) == ["LLMServer:tiny-bf16"]
 
 
@@ -146,7 +145,7 @@ def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(serve
 
     from serve import loadgen, metrics
 
-    (app_name,) = app.app_names(spec)
+    (app_name,) = app.app_names(CFG, spec)
     (victim,) = _llm_replicas(ray_local, app_name)
     tok = AutoTokenizer.from_pretrained(str(tiny.model_dir))
     prompts = loadgen.make_prompts(len(tok), 16, 64, seed=0, avoid_ids=tok.all_special_ids)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.eval import textsim as similarity
 from cluster.config.schema import SimilarityStage
+from cluster.eval import textsim as similarity
 from cluster.eval.textsim import METRICS, score_pairs, summarize
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from serve import loadgen, metrics
-from serve.nullserver import null_server
 from serve.config import ServeConfig
+from serve.nullserver import null_server
 from serve.sweep import client_bound, client_capacity, run_sweep, sweep_rates
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.errors import ConfigError
 from cluster.config.loader import load_catalog, load_sweep
+from cluster.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
