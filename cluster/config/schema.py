@@ -178,6 +178,15 @@ class JudgeStage:
 
 
 @dataclass
+class SandboxStage:
+    """How HumanEval runs model-written code (cluster/eval/sandbox.py)."""
+
+    # false: a node that cannot build the namespace jail fails the task with an error saying why;
+    # true: it falls back to the weak in-process guard, with a warning and "guard" in every sample row
+    allow_weak_isolation: bool = False
+
+
+@dataclass
 class EvalStage:
     """How lm-eval runs: which suites, how many actors, and the knobs that swing scores."""
 
@@ -193,6 +202,7 @@ class EvalStage:
     seed: int = 1234
     similarity: SimilarityStage = field(default_factory=SimilarityStage)
     judge: JudgeStage = field(default_factory=JudgeStage)
+    sandbox: SandboxStage = field(default_factory=SandboxStage)
 
 
 @dataclass

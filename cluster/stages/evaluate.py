@@ -82,7 +82,7 @@ def _run_suite(cr: CellRun, lm: Any, suite: SuiteConfig, path: str) -> dict:
         if t.kind == "humaneval":
             from cluster.eval.humaneval import evaluate_task
 
-            part = evaluate_task(lm, t.name, ev.limit, t.max_gen_toks)
+            part = evaluate_task(lm, t.name, ev.limit, t.max_gen_toks, ev.sandbox)
         elif t.kind == "arena":
             part = _arena(cr, lm, t)
         else:
