@@ -110,18 +110,6 @@ def test_runtime_env_is_yaml_with_working_dir_and_no_pip() -> None:
     assert all(isinstance(v, str) for v in env["env_vars"].values()), "env_vars values must be strings"
 
 
-def test_image_installs_the_gpu_stack_with_the_override() -> None:
-    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
-    assert "requirements/gpu.txt" in dockerfile and "--overrides" in dockerfile
-    for name in ("gpu.txt", "overrides.txt"):
-        assert (ROOT / "requirements" / name).is_file()
-    for doc in (_rayjob()["spec"]["rayClusterSpec"], _raycluster()["spec"]):
-        groups = [doc["headGroupSpec"], *doc["workerGroupSpecs"]]
-        for g in groups:
-            for c in g["template"]["spec"]["containers"]:
-                assert "quantsweep" in c["image"], c["image"]
-
-
 def test_entrypoint_runs_a_sweep_that_exists() -> None:
     argv = _entrypoint()
     assert argv[:4] == ["python", "-m", "cluster", "run"]
