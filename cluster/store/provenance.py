@@ -11,6 +11,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
+import re
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ TRACKED = (
     "transformers",
     "pyarrow",
 )
+# Written by k8s/Dockerfile into the image's copy of the project, which has no .git.
+COMMIT_FILE = ".quantsweep-commit"
 
 
 def package_versions() -> dict[str, str]:
@@ -43,7 +46,7 @@ def package_versions() -> dict[str, str]:
 
 
 def git_sha(repo: Path) -> str:
-    """The repo's commit (with '-dirty' when it has changes), or 'unknown' outside git."""
+    """The repo's commit (with '-dirty' when it has changes); outside git, the image's recorded commit."""
     try:
         git = ["git", "-C", str(repo)]
         sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
@@ -51,7 +54,16 @@ def git_sha(repo: Path) -> str:
                                text=True, timeout=5)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
+        return recorded_commit(repo)
+
+
+def recorded_commit(repo: Path) -> str:
+    """The commit k8s/Dockerfile wrote beside the project (its copy has no .git), or 'unknown'."""
+    try:
+        sha = (repo / COMMIT_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
         return "unknown"
+    return sha if re.fullmatch(r"[0-9a-f]{7,40}", sha) else "unknown"
 
 
 def config_hash(resolved: Any) -> str:
@@ -69,8 +81,12 @@ class CellContext:
     host: str
 
     def columns(self) -> dict[str, Any]:
-        return {"cell_key": self.cell_key, "compute_dtype": self.compute_dtype, "threads": self.threads,
-                "host": self.host}
+        return {
+            "cell_key": self.cell_key,
+            "compute_dtype": self.compute_dtype,
+            "threads": self.threads,
+            "host": self.host,
+        }
 
 
 @dataclass(frozen=True)

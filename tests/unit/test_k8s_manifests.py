@@ -1,223 +1,190 @@
-"""The KubeRay manifests in k8s/ load, agree with each other and with the repo they deploy.
+"""The KubeRay manifests that k8s/README.md applies are what KubeRay v1.6.2 accepts, as written.
 
-No cluster is needed: each manifest is parsed with PyYAML and checked for the structure KubeRay
-(`ray.io/v1`) and Kubernetes act on: GPU requests equal to limits, a GPU-free head, a runtime_env
-that is itself YAML, an entrypoint whose sweep file exists, and a Ray version equal to the pinned one.
+No cluster is needed. Every document the README's `kubectl apply -k` commands bring in is checked
+against the CRD schemas in k8s/crds/, including fields a schema does not list (the API server would
+silently drop them; tests/k8s_schema.py). The rest checks the job itself: one image name set in one
+place and no placeholders, a RayJob that retries and resumes, a runtime_env that is YAML, and an
+entrypoint whose sweep ships in the image. Pod-level checks are in test_k8s_pods.py.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
-from pathlib import Path
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
 import yaml
 
+from tests import k8s_docs as docs
+from tests.k8s_schema import crd_schema, problems, schema_errors
+
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
-K8S = ROOT / "k8s"
-GPU = "nvidia.com/gpu"
+K8S = docs.K8S
+# Kinds the README's apply commands may create that have no CRD in k8s/crds/ (core Kubernetes types).
+CORE_KINDS = {"PersistentVolumeClaim"}
+PLACEHOLDERS = re.compile(r"YOUR_|COMMIT_SHA|CHANGE_?ME|example\.com|<[a-z-]+>", re.IGNORECASE)
+IMAGE_PROJECT_DIR = "/opt/quantsweep"  # where k8s/Dockerfile puts the project (test_k8s_image.py)
 
 
-def _load(name: str) -> list[dict[str, Any]]:
-    with open(K8S / name, encoding="utf-8") as f:
-        return [doc for doc in yaml.safe_load_all(f) if doc is not None]
-
-
-def _one(name: str, kind: str) -> dict[str, Any]:
-    docs = [doc for doc in _load(name) if doc.get("kind") == kind]
-    assert len(docs) == 1, f"k8s/{name}: expected one {kind}, found {len(docs)}"
-    return docs[0]
-
-
-def _raycluster() -> dict[str, Any]:
-    return _one("raycluster.yaml", "RayCluster")
-
-
-def _rayjob() -> dict[str, Any]:
-    return _one("rayjob.yaml", "RayJob")
-
-
-def _cluster_specs() -> list[tuple[str, dict[str, Any]]]:
-    return [("RayCluster", _raycluster()["spec"]), ("RayJob", _rayjob()["spec"]["rayClusterSpec"])]
-
-
-def _pods(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(group name, pod spec) for the head and every worker group."""
-    pods = [("head", spec["headGroupSpec"]["template"]["spec"])]
-    pods += [(g["groupName"], g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
-    return pods
-
-
-def _pinned_ray_version() -> str:
-    text = (ROOT / "requirements" / "cpu.in").read_text(encoding="utf-8")
-    match = re.search(r"^ray\[[^\]]*\]==(\S+)", text, flags=re.MULTILINE)
-    assert match, "requirements/cpu.in does not pin ray[...]==X"
-    return match.group(1)
-
-
-def _runtime_env() -> dict[str, Any]:
-    text = _rayjob()["spec"]["runtimeEnvYAML"]
-    assert isinstance(text, str), "runtimeEnvYAML must be a YAML string, not a mapping"
-    env = yaml.safe_load(text)
-    assert isinstance(env, dict)
-    return env
+def _images(value: Any) -> list[str]:
+    """Every `image` of a container anywhere in a document."""
+    if isinstance(value, list):
+        return [image for item in value for image in _images(item)]
+    if not isinstance(value, dict):
+        return []
+    own = [value["image"]] if "image" in value and "name" in value else []
+    return own + [image for key, sub in value.items() if key != "image" for image in _images(sub)]
 
 
 def _entrypoint() -> list[str]:
-    return shlex.split(_rayjob()["spec"]["entrypoint"])
+    return shlex.split(docs.one("RayJob")["spec"]["entrypoint"])
 
 
-@pytest.mark.parametrize(
-    ("name", "kinds"),
-    [
-        ("raycluster.yaml", ["RayCluster"]),
-        ("rayjob.yaml", ["RayJob"]),
-        ("pvc.yaml", ["PersistentVolumeClaim"]),
-    ],
-)
-def test_manifest_kinds_and_api_versions(name: str, kinds: list[str]) -> None:
-    docs = _load(name)
-    assert [doc["kind"] for doc in docs] == kinds
-    for doc in docs:
-        expected = "v1" if doc["kind"] == "PersistentVolumeClaim" else "ray.io/v1"
-        assert doc["apiVersion"] == expected
-        assert doc["metadata"]["name"]
+# --- what the README applies, against the CRD schemas -------------------------------------------
 
 
-def test_rayjob_submission_settings() -> None:
-    spec = _rayjob()["spec"]
+def test_readme_applies_the_rayjob_or_the_raycluster_with_the_volume() -> None:
+    readme = docs.README.read_text(encoding="utf-8")
+    assert "kubectl apply -k k8s/rayjob" in readme and "kubectl apply -k k8s/raycluster" in readme
+    kinds = sorted(doc["kind"] for _, doc in docs.applied_docs())
+    assert kinds == ["PersistentVolumeClaim", "RayCluster", "RayJob"]
+    for overlay in ("rayjob", "raycluster"):
+        assert docs.kustomization(K8S / overlay)["components"] == ["../common"]
+
+
+def test_every_applied_manifest_matches_the_kuberay_crds() -> None:
+    found = []
+    for source, doc in docs.applied_docs():
+        if doc["kind"] in CORE_KINDS:
+            assert doc["apiVersion"] == "v1", source
+            continue
+        assert doc["apiVersion"] == "ray.io/v1", source
+        found += [f"{source}: {doc['kind']} {doc['metadata']['name']}: {p}" for p in problems(doc)]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (for its built-in kustomize)")
+@pytest.mark.parametrize(("overlay", "kind"), [("rayjob", "RayJob"), ("raycluster", "RayCluster")])
+def test_kustomize_output_matches_the_kuberay_crds(overlay: str, kind: str) -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+    assert sorted(doc["kind"] for doc in rendered) == sorted(["PersistentVolumeClaim", kind])
+    (image,) = docs.kustomization(K8S / "common")["images"]
+    wanted = f"{image['newName']}:{image['newTag']}"
+    for doc in rendered:
+        if doc["kind"] == kind:
+            assert problems(doc) == [], "\n".join(problems(doc))
+            # the image transformer reaches every container, also those nested in a RayJob
+            assert set(_images(doc)) == {wanted}
+
+
+def test_a_misspelt_field_fails_validation() -> None:
+    doc = copy.deepcopy(docs.one("RayCluster"))
+    container = doc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    container["securityContxt"] = container.pop("securityContext")
+    # jsonschema alone accepts it (the CRD does not forbid unknown keys); the walk does not
+    assert schema_errors(doc, crd_schema("RayCluster")) == []
+    assert problems(doc) == [
+        "spec.workerGroupSpecs[0].template.spec.containers[0].securityContxt: "
+        "unknown field 'securityContxt' (did you mean 'securityContext'?)"
+    ]
+
+
+def test_a_misspelt_rayjob_field_fails_validation() -> None:
+    doc = copy.deepcopy(docs.one("RayJob"))
+    doc["spec"]["activeDeadlineSecond"] = doc["spec"].pop("activeDeadlineSeconds")
+    assert problems(doc) == [
+        "spec.activeDeadlineSecond: unknown field 'activeDeadlineSecond' (did you mean 'activeDeadlineSeconds'?)"
+    ]
+
+
+def test_a_wrong_typed_field_fails_validation() -> None:
+    doc = copy.deepcopy(docs.one("RayJob"))
+    doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplicas"] = "two"
+    assert problems(doc) == [
+        "spec.rayClusterSpec.workerGroupSpecs[0].maxReplicas: 'two' is not of type 'integer'"
+    ]
+
+
+def test_a_wrong_enum_value_fails_validation() -> None:
+    doc = copy.deepcopy(docs.one("RayCluster"))
+    doc["spec"]["autoscalerOptions"]["upscalingMode"] = "Eager"
+    assert (
+        len(problems(doc)) == 1
+        and "spec.autoscalerOptions.upscalingMode: 'Eager' is not one of" in problems(doc)[0]
+    )
+
+
+# --- one image, no placeholders -----------------------------------------------------------------
+
+
+def test_applied_files_have_no_placeholders() -> None:
+    kustomizations = [K8S / name / "kustomization.yaml" for name in ("common", "rayjob", "raycluster")]
+    for path in [*docs.applied_files(), *kustomizations]:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]  # comments may show a command with <registry>
+            assert not PLACEHOLDERS.search(code), f"{path.relative_to(docs.ROOT)}:{number}: {line.strip()}"
+
+
+def test_one_image_name_set_in_one_place() -> None:
+    (image,) = docs.kustomization(K8S / "common")["images"]
+    containers = [
+        c for _, spec in docs.cluster_specs() for _, pod in docs.pods(spec) for c in pod["containers"]
+    ]
+    containers += docs.one("RayJob")["spec"]["submitterPodTemplate"]["spec"]["containers"]
+    for container in containers:
+        assert container["image"].rpartition(":")[0] == image["name"], container["image"]
+
+
+# --- the RayJob ---------------------------------------------------------------------------------
+
+
+def test_rayjob_submission_retries_and_deadline() -> None:
+    spec = docs.one("RayJob")["spec"]
     assert spec["submissionMode"] == "K8sJobMode"
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] == 3600
-    assert spec["submitterConfig"] == {"backoffLimit": 2}
     assert spec["entrypointNumGpus"] == 0
+    # the sweep resumes on rerun, so both the submitter and the whole job may retry
+    assert spec["submitterConfig"] == {"backoffLimit": 2}
+    assert spec["backoffLimit"] >= 1
+    assert isinstance(spec["activeDeadlineSeconds"], int) and 24 * 3600 <= spec["activeDeadlineSeconds"]
+    assert spec["submitterPodTemplate"]["spec"]["restartPolicy"] == "Never"
 
 
 def test_rayjob_cluster_is_the_standing_cluster() -> None:
-    assert _rayjob()["spec"]["rayClusterSpec"] == _raycluster()["spec"]
+    assert docs.one("RayJob")["spec"]["rayClusterSpec"] == docs.one("RayCluster")["spec"]
 
 
-def test_runtime_env_is_yaml_with_working_dir_and_no_pip() -> None:
-    env = _runtime_env()
-    assert re.match(r"^(https|s3|gs)://.+\.zip$", env["working_dir"]), "RayJob needs a remote zip URI"
-    # pip cannot resolve the compressed-tensors pins of vllm and llmcompressor: the image carries the stack
-    assert "pip" not in env
+def test_runtime_env_is_yaml_without_uploads_or_installs() -> None:
+    text = docs.one("RayJob")["spec"]["runtimeEnvYAML"]
+    assert isinstance(text, str), "runtimeEnvYAML must be a YAML string, not a mapping"
+    env: dict[str, Any] = yaml.safe_load(text)
+    # the image carries the project and the stack: nothing to upload, nothing to pip-install
+    # (pip cannot resolve the compressed-tensors pins of vllm and llmcompressor anyway)
+    assert not {"working_dir", "py_modules", "pip", "uv", "conda"} & set(env)
     assert env["env_vars"]["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     assert all(isinstance(v, str) for v in env["env_vars"].values()), "env_vars values must be strings"
 
 
-def test_image_installs_the_gpu_stack_with_the_override() -> None:
-    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
-    assert "requirements/gpu.txt" in dockerfile and "--overrides" in dockerfile
-    for name in ("gpu.txt", "overrides.txt"):
-        assert (ROOT / "requirements" / name).is_file()
-    for doc in (_rayjob()["spec"]["rayClusterSpec"], _raycluster()["spec"]):
-        groups = [doc["headGroupSpec"], *doc["workerGroupSpecs"]]
-        for g in groups:
-            for c in g["template"]["spec"]["containers"]:
-                assert "quantsweep" in c["image"], c["image"]
-
-
-def test_entrypoint_runs_a_sweep_that_exists() -> None:
+def test_entrypoint_runs_a_sweep_that_ships_in_the_image() -> None:
     argv = _entrypoint()
     assert argv[:4] == ["python", "-m", "cluster", "run"]
     sweep, overrides = argv[4], argv[5:]
-    assert sweep.startswith("sweeps/") and sweep.endswith(".yaml")
-    assert (ROOT / sweep).is_file(), f"entrypoint names {sweep}, which is not in the repo"
+    assert sweep.startswith(IMAGE_PROJECT_DIR + "/sweeps/") and sweep.endswith(".yaml"), sweep
+    relative = sweep.removeprefix(IMAGE_PROJECT_DIR + "/")
+    assert (docs.ROOT / relative).is_file(), f"entrypoint names {sweep}, but {relative} is not in the repo"
     assert all("=" in arg and not arg.startswith("-") for arg in overrides), overrides
 
 
-def test_output_root_is_the_shared_volume() -> None:
-    overrides = dict(arg.split("=", 1) for arg in _entrypoint()[5:])
-    pvc = _one("pvc.yaml", "PersistentVolumeClaim")
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
-    for kind, spec in _cluster_specs():
-        for group, pod in _pods(spec):
-            claims = {
-                v["name"]: v["persistentVolumeClaim"]["claimName"]
-                for v in pod.get("volumes", [])
-                if "persistentVolumeClaim" in v
-            }
-            mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
-            where = f"{kind} {group}"
-            assert claims.get(mounts.get(overrides["output_root"])) == pvc["metadata"]["name"], where
-
-
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
-def test_head_has_no_gpu(kind: str) -> None:
-    head = dict(_cluster_specs())[kind]["headGroupSpec"]
-    assert head["rayStartParams"]["num-gpus"] == "0"
-    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
-    for container in head["template"]["spec"]["containers"]:
-        resources = container["resources"]
-        assert GPU not in resources.get("requests", {}) and GPU not in resources.get("limits", {})
-        assert {"cpu", "memory"} <= set(resources["requests"])
-        assert {"cpu", "memory"} <= set(resources["limits"])
-
-
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
-def test_gpu_worker_groups(kind: str) -> None:
-    spec = dict(_cluster_specs())[kind]
-    assert spec["enableInTreeAutoscaling"] is True
-    groups = spec["workerGroupSpecs"]
-    assert len(groups) >= 2
-    for group in groups:
-        name = group["groupName"]
-        assert 0 == group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"], name
-        pod = group["template"]["spec"]
-        assert pod.get("nodeSelector") and pod.get("tolerations"), name
-        for container in pod["containers"]:
-            requests, limits = container["resources"]["requests"], container["resources"]["limits"]
-            assert GPU in requests and GPU in limits, name
-            assert str(requests[GPU]) == str(limits[GPU]) and int(limits[GPU]) > 0, name
-            assert "/dev/shm" in {m["mountPath"] for m in container["volumeMounts"]}, name
-        shm = [v for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
-        assert shm, f"{name}: vLLM needs a memory-backed /dev/shm"
-
-
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
-def test_ray_start_params_are_strings(kind: str) -> None:
-    spec = dict(_cluster_specs())[kind]
-    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
-    for group in groups:
-        assert all(isinstance(v, str) for v in group.get("rayStartParams", {}).values())
-
-
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
-def test_ray_version_matches_pin_and_images(kind: str) -> None:
-    version = _pinned_ray_version()
-    spec = dict(_cluster_specs())[kind]
-    assert spec["rayVersion"] == version
-    for group, pod in _pods(spec):
-        for container in pod["containers"]:
-            tag = container["image"].rpartition(":")[2]
-            assert version in tag, f"{group}: image {container['image']} is not tagged Ray {version}"
-
-
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
-def test_hf_token_is_optional_secret(kind: str) -> None:
-    for group, pod in _pods(dict(_cluster_specs())[kind]):
-        for container in pod["containers"]:
-            env = {e["name"]: e for e in container.get("env", [])}
-            ref = env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == "hf-token" and ref["optional"] is True, group
-
-
-@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
-def test_every_ray_pod_gets_the_serve_ingress_switches(kind: str) -> None:
-    from serve.app import HAPROXY_ENV
-
-    for group, pod in _pods(dict(_cluster_specs())[kind]):
-        for container in pod["containers"]:
-            env = {e["name"]: e.get("value") for e in container.get("env", [])}
-            assert {k: env.get(k) for k in HAPROXY_ENV} == HAPROXY_ENV, group
-
-
 def test_readme_names_the_head_service() -> None:
-    readme = (K8S / "README.md").read_text(encoding="utf-8")
-    assert f"svc/{_raycluster()['metadata']['name']}-head-svc" in readme
-    assert "kubectl apply -f k8s/pvc.yaml -f k8s/rayjob.yaml" in readme
+    readme = docs.README.read_text(encoding="utf-8")
+    assert f"svc/{docs.one('RayCluster')['metadata']['name']}-head-svc" in readme
