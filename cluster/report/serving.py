@@ -98,7 +98,7 @@ def cell_qpd(rows: Sequence[Row], mode: str) -> tuple[float | None, str]:
 
 
 def by_use_case(rows: Sequence[Row], mode: str) -> dict[str, float]:
-    """use case -> queries per dollar of one format's perf rows in a mode (cells without a number left out)."""
+    """use case -> queries per dollar of one format's perf rows in a mode (cells without one left out)."""
     cells: dict[str, list[Row]] = {}
     for r in rows:
         cells.setdefault(r["use_case"], []).append(r)
