@@ -1,10 +1,11 @@
-"""`python -m cluster plan|run|status|report`: the command-line entry point.
+"""`python -m cluster plan|run|status|report|import`: the command-line entry point.
 
     plan SWEEP [key=value ...]          the cells, their keys, resources and status; nothing runs
     run SWEEP [key=value ...] [--fresh] run every cell not yet committed (resume is the default)
     status [RUN_DIR]                    cells done, failed (with the error) or pending
     report [RUN_DIR] [key=value ...] [--out DIR] [--sweep FILE]
                                         HTML report, guideline dataset and model cards from the datasets
+    import RESULTS.csv ... [--root DIR] published or external numbers into the datasets (README layout)
 
 User mistakes (bad config, missing paths) print one `error:` line and exit 2, with no traceback and
 nothing written; `plan` imports nothing heavy and answers in well under a second. `run` exits 1
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("overrides", nargs="*", help="report config overrides, e.g. recovery_floor=98 slo.ttft_ms=500")
     rp.add_argument("--out", help="where the report goes (default: RUN_DIR/report)")
     rp.add_argument("--sweep", dest="sweep_file", help="judge by this sweep file's report: section")
+    im = sub.add_parser("import", help="import published or external results (CSV) into a run's datasets")
+    im.add_argument("results", nargs="+", help="CSV files in the layout README.md documents")
+    im.add_argument("--root", default="runs", help="the output root to write into (default: runs)")
+    im.add_argument("--sweep", help="the sweep name of the imported rows (default: import-<first file's stem>)")
+    im.add_argument("--source", help="where the numbers come from (default: each file's source column, else its path)")
     return p
 
 
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             return _status(console, Path(args.root))
         if args.command == "report":
             return _report(console, args.root, args.overrides, args.out, args.sweep_file)
+        if args.command == "import":
+            return _import(console, args)
         from cluster.config.loader import load_sweep
         from cluster.plan.cells import plan
         from serve.host import detect
@@ -134,6 +142,14 @@ def _report_after_run(console: Console, root: Path, cfg) -> None:
         print_summary(console, build(root, root / "report", cfg), with_recovery=False)
     except QuantsweepError as exc:
         console.print(f"no report: {exc}", markup=False)
+
+
+def _import(console: Console, args: argparse.Namespace) -> int:
+    from cluster.report.imports import import_files
+
+    for line in import_files([Path(p) for p in args.results], Path(args.root), args.sweep, args.source):
+        console.print(line, markup=False)
+    return 0
 
 
 def _status(console: Console, root: Path) -> int:
