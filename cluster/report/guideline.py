@@ -247,11 +247,9 @@ def _reason(pick: Option, rest: list[Option], tied: list[Option], cfg: ReportCon
             f"{name(pick)}: within {cfg.cost_margin_pct:g}% of {others} on cost (measurement noise); "
             f"chosen for accuracy ({pick.acc.why}){cr}"
         )
-    lead = (
-        f"; {(pick.score / rest[0].score - 1) * 100:.0f}% ahead of {name(rest[0])}"
-        if rest and rest[0].score
-        else ""
-    )
+    lead = ""
+    if rest and rest[0].score and pick.score is not None:
+        lead = f"; {(pick.score / rest[0].score - 1) * 100:.0f}% ahead of {name(rest[0])}"
     return f"{name(pick)}: the cheapest that meets the SLO with recovery >= {cfg.recovery_floor:g}%{cr}{lead}"
 
 

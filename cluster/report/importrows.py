@@ -64,6 +64,12 @@ class Line:
             raise self.fail(column, f"must be a finite number >= 0, got {value}")
         return x
 
+    def need(self, column: str) -> float:
+        """A required number."""
+        x = self.number(column, required=True)
+        assert x is not None  # number() raised otherwise
+        return x
+
     def integer(self, column: str, default: int | None = None) -> int | None:
         x = self.number(column, required=default is None)
         return default if x is None else int(x)
@@ -82,8 +88,8 @@ def scores(path: Path, data: list[dict[str, str]], sweep: str, catalog: Any) -> 
     """Per-task scores (0-100 as they enter the suite average; V2 already normalised) -> eval_scores."""
     out = []
     for ln in _lines(path, data):
-        value = ln.number("value", required=True)
-        if value > 100:  # type: ignore[operator]
+        value = ln.need("value")
+        if value > 100:
             raise ln.fail("value", f"scores are on 0-100, got {value}")
         stderr = ln.number("stderr")
         out.append(
@@ -171,9 +177,9 @@ def perf(path: Path, data: list[dict[str, str]], sweep: str, catalog: Any) -> di
         if target["mode"] == "sync":
             if latency is None and nums["mean_e2el_ms"] is None:
                 raise ln.fail("latency_s", "sync rows need latency_s or mean_e2el_ms")
-            nums["mean_e2el_ms"] = nums["mean_e2el_ms"] or latency * 1000  # type: ignore[operator]
-            nums["request_throughput"] = nums["request_throughput"] or 1000 / nums["mean_e2el_ms"]
-            qpd = cost.queries_per_dollar_sync(nums["mean_e2el_ms"] / 1000, target["price_per_hour"])
+            e2el = nums["mean_e2el_ms"] or (latency or 0.0) * 1000
+            nums["mean_e2el_ms"], nums["request_throughput"] = e2el, nums["request_throughput"] or 1000 / e2el
+            qpd = cost.queries_per_dollar_sync(e2el / 1000, target["price_per_hour"])
         else:
             if nums["request_throughput"] is None:
                 raise ln.fail("request_throughput", "async rows need the achieved request_throughput")
@@ -192,7 +198,7 @@ def _record(ln: Line, target: Row) -> RequestRecord:
         ln.text("request_id"),
         ln.text("profile", "synchronous" if target["mode"] == "sync" else "poisson"),
         ln.number("target_rate"),
-        ln.number("send_time", required=True),  # type: ignore[arg-type]
+        ln.need("send_time"),
         None if ttft is None else ttft / 1000,
         [],
         None if e2el is None else e2el / 1000,

@@ -108,7 +108,8 @@ def import_files(paths: list[Path], root: Path, sweep: str | None, source: str |
     if not NAME_RE.match(sweep):
         raise ConfigError(f"--sweep '{sweep}' must match {NAME_RE.pattern} (it becomes a partition name)")
     _own_sweep(root, sweep)
-    catalog, rows, digest = _catalog(), {"eval_scores": [], "requests": [], "perf": []}, hashlib.sha256()
+    catalog, digest = _catalog(), hashlib.sha256()
+    rows: dict[str, list[Row]] = {"eval_scores": [], "requests": [], "perf": []}
     for path in paths:
         data, file_source = read_csv(path)
         digest.update(path.read_bytes())

@@ -9,10 +9,13 @@ dollar at the highest rate meeting the report's SLO, synchronous ones from singl
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from cluster.config.schema import ReportConfig
 from cluster.report.data import RunData
 from cluster.report.guideline import accuracy, baseline_of
+
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def points(
         and r["status"] == "measured"
     ]
     key = "queries_per_dollar" if mode == "sync" else "slo_queries_per_dollar"
-    cells = {}
+    cells: dict[tuple[str, str], dict[str, Row]] = {}
     for r in rows:
         if r[key] is not None:
             cells.setdefault((r["model"], r["format"]), {})[r["use_case"]] = r
