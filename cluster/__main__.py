@@ -142,6 +142,9 @@ def _report_after_run(console: Console, root: Path, cfg) -> None:
         print_summary(console, build(root, root / "report", cfg), with_recovery=False)
     except QuantsweepError as exc:
         console.print(f"no report: {exc}", markup=False)
+    except Exception as exc:  # a report bug must not fail a run whose cells all committed
+        console.print(f"report failed ({type(exc).__name__}: {exc}); rerun: python -m cluster report {root}",
+                      markup=False)
 
 
 def _import(console: Console, args: argparse.Namespace) -> int:

@@ -217,3 +217,16 @@ def test_old_runs_without_the_new_columns_still_report(run, tmp_path):
         isinstance(r["slo_max_qps"], float) and math.isnan(r["slo_max_qps"]) for r in judged
     )
     assert {r["format"] for r in rep.guideline if r["use_case"] == "all"} == {"w8a8-int"}
+
+
+def test_run_ends_with_the_report_and_survives_its_failure(run, tmp_path, capsys):
+    """`run` calls the report last: it prints the guideline, and a report problem never fails the run."""
+    from cluster.__main__ import _console, _report_after_run
+
+    root = copy_of(run, tmp_path)
+    _report_after_run(_console(), root, ReportConfig())
+    out = capsys.readouterr().out
+    assert "Guideline" in out and (root / "report" / "index.html").is_file()
+    assert "Accuracy recovery" not in out  # run already printed it
+    _report_after_run(_console(), tmp_path / "empty", ReportConfig())
+    assert "no report:" in capsys.readouterr().out
