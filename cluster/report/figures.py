@@ -118,26 +118,25 @@ def recovery(data: RunData, rows: list[Row], cfg: ReportConfig, title: str) -> A
     return fig
 
 
+def _async_points(rows: list[Row], fmt: str) -> list[Row]:
+    """A format's measured asynchronous runs, by achieved throughput."""
+    pts = [r for r in rows if r["format"] == fmt and r["mode"] == "async" and r["status"] == "measured"]
+    return sorted(
+        (r for r in pts if r["request_throughput"] is not None), key=lambda r: r["request_throughput"]
+    )
+
+
 def latency_vs_qps(data: RunData, rows: list[Row], cfg: ReportConfig, title: str, formats: list[str]) -> Any:
-    """ITL (left) and TTFT (right) against achieved req/s per format; filled markers meet the SLO."""
-    fig, axes = _axes(ncols=2, width=5.2)
+    """ITL, TTFT and goodput against achieved req/s per format; filled markers meet the SLO."""
+    fig, axes = _axes(ncols=3, width=4.4)
     col = data.colours
+    keys = ("mean_itl_ms", "mean_ttft_ms", "goodput_rps")
     for f in formats:
-        pts = sorted(
-            (
-                r
-                for r in rows
-                if r["format"] == f
-                and r["mode"] == "async"
-                and r["status"] == "measured"
-                and r["request_throughput"] is not None
-            ),
-            key=lambda r: r["request_throughput"],
-        )
-        if not pts:
-            continue
+        pts = _async_points(rows, f)
         x = [r["request_throughput"] for r in pts]
-        for ax, key in zip(axes, ("mean_itl_ms", "mean_ttft_ms"), strict=True):
+        for ax, key in zip(axes, keys, strict=True):
+            if not any(r[key] is not None for r in pts):
+                continue
             ax.plot(x, [r[key] for r in pts], "-", color=col[f], lw=1.2, label=data.format_label(f))
             for r in pts:
                 ax.plot(
@@ -148,13 +147,18 @@ def latency_vs_qps(data: RunData, rows: list[Row], cfg: ReportConfig, title: str
                     mfc=col[f] if r["slo_met"] else "white",
                 )
     bounds = (("ITL (ms, mean)", cfg.slo.tpot_ms, "TPOT"), ("TTFT (ms, mean)", cfg.slo.ttft_ms, "TTFT"))
-    for ax, (label, bound, name) in zip(axes, bounds, strict=True):
+    for ax, (label, bound, name) in zip(axes, bounds, strict=False):
         if bound is not None:
             ax.axhline(bound, ls="--", color="black", lw=0.8, label=f"{name} bound (p{cfg.slo.percentile:g})")
-        ax.set_xlabel("achieved requests/s")
         ax.set_ylabel(label)
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+    top = max([r["request_throughput"] for r in rows if r["request_throughput"] is not None] or [1.0])
+    axes[2].plot([0, top], [0, top], ":", color="grey", lw=0.8, label="every request good")
+    axes[2].set_ylabel(f"goodput, req/s within SLO '{cfg.slo.name}'")
+    for ax in axes:
+        ax.set_xlabel("achieved requests/s")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return fig
 

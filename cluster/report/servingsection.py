@@ -148,7 +148,7 @@ def _target(data: RunData, cfg: ReportConfig, sweep: str, model: str, hw: str, f
         if any(r["mode"] == "async" and r["mean_itl_ms"] is not None for r in mine):
             label = data.use_case_label(uc)
             fig = F.latency_vs_qps(data, mine, cfg, f"{model} · {hw} · {label}", formats)
-            caption = f"{label}: ITL and TTFT vs achieved QPS (filled: meets the SLO)"
+            caption = f"{label}: ITL and TTFT vs achieved QPS (filled: meets the SLO), and goodput"
             blocks.append(H.figure(figs.save(fig, f"{sweep}-{model}-{hw}-{uc}-latency-qps", caption)))
     blocks.append(H.details(f"every run on {hw} ({len(rows)} rows)", runs_table(data, rows)))
     return blocks
