@@ -156,6 +156,7 @@ def latency_vs_qps(data: RunData, rows: list[Row], cfg: ReportConfig, title: str
     axes[2].plot([0, top], [0, top], ":", color="grey", lw=0.8, label="every request good")
     axes[2].set_ylabel(f"goodput, req/s within SLO '{cfg.slo.name}'")
     for ax in axes:
+        ax.set_xlim(left=0)  # throughput from zero: one run per format must not look like a wide spread
         ax.set_xlabel("achieved requests/s")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -169,23 +170,27 @@ def bars(
     """Grouped bars: `key` per use case (groups) and format (bars); 'n/a' where a format has no number."""
     ucs = sorted({r["use_case"] for r in rows})
     col, (fig, (ax,)) = data.colours, _axes(width=max(6.4, 0.9 * len(ucs) * len(formats) / 2))
-    width = 0.8 / max(1, len(formats))
+    from matplotlib.patches import Patch
+
+    width, handles = 0.8 / max(1, len(formats)), []
     for i, f in enumerate(formats):
-        for j, uc in enumerate(ucs):
-            r = next((r for r in rows if (r["format"], r["use_case"]) == (f, uc)), None)
+        values = [
+            next((r.get(key) for r in rows if (r["format"], r["use_case"]) == (f, uc)), None) for uc in ucs
+        ]
+        some = any(v is not None for v in values)
+        label = data.format_label(f) + ("" if some else ": n/a")
+        handles.append(Patch(facecolor=col[f] if some else "white", edgecolor=col[f], label=label))
+        for j, value in enumerate(values):
             x = j + (i - (len(formats) - 1) / 2) * width
-            value = None if r is None else r.get(key)
             if value is None:
                 ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color=col[f])
             else:
-                ax.bar(x, value * scale, width, color=col[f], label=data.format_label(f) if j == 0 else None)
+                ax.bar(x, value * scale, width, color=col[f])
     ax.set_xticks(range(len(ucs)), [data.use_case_label(u) for u in ucs], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    handles = ax.get_legend_handles_labels()[0]
-    if handles:
-        ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # headroom: the legend sits above the bars
-        ax.legend(fontsize=7, loc="upper left", ncol=min(4, len(handles)))
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # headroom: the legend sits above the bars
+    ax.legend(handles=handles, fontsize=7, loc="upper left", ncol=min(3, len(handles)))
     return fig
 
 

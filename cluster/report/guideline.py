@@ -243,10 +243,10 @@ def _reason(pick: Option, rest: list[Option], tied: list[Option], cfg: ReportCon
     cr = f", {pick.cr:.2f}x the baseline's queries/$" if pick.cr is not None else ""
     if len(tied) > 1:
         others = ", ".join(name(o) for o in tied if o is not pick)
-        return (
-            f"{name(pick)}: within {cfg.cost_margin_pct:g}% of {others} on cost (measurement noise); "
-            f"chosen for accuracy ({pick.acc.why}){cr}"
-        )
+        noise = f"{others} within {cfg.cost_margin_pct:g}% on cost (measurement noise)"
+        if pick.acc.why == "the baseline":
+            return f"{name(pick)}: {noise}, so the baseline is kept"
+        return f"{name(pick)}: {noise}; chosen for its higher recovery ({pick.acc.why}){cr}"
     lead = ""
     if rest and rest[0].score and pick.score is not None:
         lead = f"; {(pick.score / rest[0].score - 1) * 100:.0f}% ahead of {name(rest[0])}"
