@@ -200,16 +200,32 @@ def pareto(data: RunData, pts: list[Point], by: str, title: str) -> Any:
     xs = {p: getattr(p, by) for p in pts}
     front = sorted((p for p in pts if not p.dominated), key=lambda p: xs[p])
     ax.plot([xs[p] for p in front], [p.recovery for p in front], "-", color="#1f77b4", lw=1, label="frontier")
-    for p in pts:
+    from matplotlib.ticker import FuncFormatter
+
+    mid = (min(xs.values()) + max(xs.values())) / 2
+    for k, p in enumerate(sorted(pts, key=lambda p: xs[p])):
         ax.plot(xs[p], p.recovery, "o", color="#1f77b4", mfc="white" if p.dominated else "#1f77b4")
         tag = f"{p.model} {data.format_label(p.fmt)}" + (" (dominated)" if p.dominated else "")
-        ax.annotate(tag, (xs[p], p.recovery), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel(
-        "queries per dollar (mean over use cases)"
-        if by == "queries_per_dollar"
-        else "single-stream latency, s (mean over use cases; less is better)"
-    )
-    ax.margins(x=0.35, y=0.15)  # room for the labels beside the points
+        right = (
+            xs[p] > mid
+        )  # label towards the middle, alternately above and below: no clipping, less overlap
+        offset = (-5 if right else 5, 6 if k % 2 == 0 else -11)
+        ax.annotate(
+            tag,
+            (xs[p], p.recovery),
+            fontsize=7,
+            xytext=offset,
+            textcoords="offset points",
+            ha="right" if right else "left",
+        )
+    if by == "queries_per_dollar":
+        ax.xaxis.set_major_formatter(
+            FuncFormatter(lambda v, _: f"{v / 1000:,.0f}k" if v >= 10_000 else f"{v:,.0f}")
+        )
+        ax.set_xlabel("queries per dollar (mean over use cases)")
+    else:
+        ax.set_xlabel("single-stream latency, s (mean over use cases; less is better)")
+    ax.margins(x=0.15, y=0.2)
     ax.set_ylabel("recovery (%), lowest over suites")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
