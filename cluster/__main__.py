@@ -1,8 +1,11 @@
-"""`python -m cluster plan|run|status`: the command-line entry point.
+"""`python -m cluster plan|run|status|report|import`: the command-line entry point.
 
     plan SWEEP [key=value ...]          the cells, their keys, resources and status; nothing runs
     run SWEEP [key=value ...] [--fresh] run every cell not yet committed (resume is the default)
     status [RUN_DIR]                    cells done, failed (with the error) or pending
+    report [RUN_DIR] [key=value ...] [--out DIR] [--sweep FILE]
+                                        HTML report, guideline dataset and model cards from the datasets
+    import RESULTS.csv ... [--root DIR] published or external numbers into the datasets (README layout)
 
 User mistakes (bad config, missing paths) print one `error:` line and exit 2, with no traceback and
 nothing written; `plan` imports nothing heavy and answers in well under a second. `run` exits 1
@@ -35,6 +38,16 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--fresh", action="store_true", help="recompute every cell, committed or not")
     st = sub.add_parser("status", help="list the cells of the runs under an output root")
     st.add_argument("root", nargs="?", default="runs", help="the run's output_root (default: runs)")
+    rp = sub.add_parser("report", help="write the HTML report, the guideline dataset and model cards of a run")
+    rp.add_argument("root", nargs="?", default="runs", help="the run's output_root (default: runs)")
+    rp.add_argument("overrides", nargs="*", help="report config overrides, e.g. recovery_floor=98 slo.ttft_ms=500")
+    rp.add_argument("--out", help="where the report goes (default: RUN_DIR/report)")
+    rp.add_argument("--sweep", dest="sweep_file", help="judge by this sweep file's report: section")
+    im = sub.add_parser("import", help="import published or external results (CSV) into a run's datasets")
+    im.add_argument("results", nargs="+", help="CSV files in the layout README.md documents")
+    im.add_argument("--root", default="runs", help="the output root to write into (default: runs)")
+    im.add_argument("--sweep", help="the sweep name of the imported rows (default: import-<first file's stem>)")
+    im.add_argument("--source", help="where the numbers come from (default: each file's source column, else its path)")
     return p
 
 
@@ -50,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "status":
             return _status(console, Path(args.root))
+        if args.command == "report":
+            return _report(console, args.root, args.overrides, args.out, args.sweep_file)
+        if args.command == "import":
+            return _import(console, args)
         from cluster.config.loader import load_sweep
         from cluster.plan.cells import plan
         from serve.host import detect
@@ -94,11 +111,48 @@ def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
     else:
         summary = Executor(env, cells, console, fresh, init_ray(sweep)).run()
     print_report(console, root, sweep.name)
+    _report_after_run(console, root, sweep.report)
     console.print(f"datasets under {root / 'datasets'}; cells: {summary.done} done, {summary.skipped} skipped, "
                   f"{len(summary.failed)} failed ({summary.resumed} already committed before this run)")
     for label in summary.failed:
         console.print(f"failed: {label}", markup=False)
     return 1 if summary.failed else 0
+
+
+def _report(console: Console, root_arg: str, overrides: list[str], out: str | None, sweep_file: str | None) -> int:
+    from cluster.config.reportcfg import resolve
+    from cluster.errors import ConfigError
+    from cluster.report.build import build, print_summary
+
+    if "=" in root_arg and not Path(root_arg).exists():  # `report recovery_floor=98`: an override, not a path
+        root_arg, overrides = "runs", [root_arg, *overrides]
+    root = Path(root_arg)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such run directory")
+    target = Path(out) if out else root / "report"
+    print_summary(console, build(root, target, resolve(root, target, sweep_file, overrides)))
+    return 0
+
+
+def _report_after_run(console: Console, root: Path, cfg) -> None:
+    """The report of a finished run (its recovery table is already printed); a report problem never fails the run."""
+    from cluster.report.build import build, print_summary
+
+    try:
+        print_summary(console, build(root, root / "report", cfg), with_recovery=False)
+    except QuantsweepError as exc:
+        console.print(f"no report: {exc}", markup=False)
+    except Exception as exc:  # a report bug must not fail a run whose cells all committed
+        console.print(f"report failed ({type(exc).__name__}: {exc}); rerun: python -m cluster report {root}",
+                      markup=False)
+
+
+def _import(console: Console, args: argparse.Namespace) -> int:
+    from cluster.report.imports import import_files
+
+    for line in import_files([Path(p) for p in args.results], Path(args.root), args.sweep, args.source):
+        console.print(line, markup=False)
+    return 0
 
 
 def _status(console: Console, root: Path) -> int:

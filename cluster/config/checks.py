@@ -193,6 +193,9 @@ def check_sweep(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
             _known(sweep.serve.formats, {f: 1 for f in sweep.formats}, source, "serve.formats")
     if sweep.tune.enabled:
         _check_tune(sweep, catalog, source)
+    from cluster.config.reportcfg import check_report  # it builds on this module's helpers
+
+    check_report(sweep.report, source)
 
 
 def _check_sweep_model(sweep: C.SweepConfig, model: C.ModelConfig, source: str) -> None:

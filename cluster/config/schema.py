@@ -84,6 +84,7 @@ class ModelConfig:
     params_b: float = MISSING  # parameters, billions
     max_model_len: int = 4096
     instruct_dataset: str | None = None  # calibration data for source=instruct (hub id)
+    license: str | None = None  # the base model's license id (carried into quantized model cards)
     gpus: dict[str, int] = field(default_factory=dict)  # format -> GPUs per replica (80 GB class)
 
 
@@ -248,6 +249,27 @@ class RunOptions:
 
 
 @dataclass
+class SloConfig:
+    """A latency objective: at `percentile`, TTFT and TPOT stay within their bounds (None: unbounded)."""
+
+    name: str = "default"
+    ttft_ms: float | None = 2000.0  # the MLPerf server-scenario bounds for Llama-2-70B
+    tpot_ms: float | None = 200.0
+    percentile: float = 99.0
+
+
+@dataclass
+class ReportConfig:
+    """What the report and the guideline judge by; `slo` also fills the loadtest's goodput columns."""
+
+    slo: SloConfig = field(default_factory=SloConfig)
+    slos: list[SloConfig] = field(default_factory=list)  # more SLOs the guideline answers for
+    recovery_floor: float = 99.0  # % of the baseline's suite score a format must keep
+    recovery_suites: list[str] = field(default_factory=list)  # suites the floor applies to; empty: all
+    cost_margin_pct: float = 5.0  # queries/$ closer than this are a tie (within measurement noise)
+
+
+@dataclass
 class SweepConfig:
     """A sweep: which models x formats, and what each stage does with them."""
 
@@ -267,6 +289,7 @@ class SweepConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     tune: TuneStage = field(default_factory=TuneStage)
     engine: EngineConfig = field(default_factory=EngineConfig)  # every vLLM engine of the sweep
+    report: ReportConfig = field(default_factory=ReportConfig)
     ray: RayOptions = field(default_factory=RayOptions)
     run: RunOptions = field(default_factory=RunOptions)
 

@@ -132,7 +132,8 @@ class _Planner:
     def prepare(self, m: str) -> None:
         model = self.catalog.models[m]
         override = self.sweep.model_paths.get(m)
-        key = content_key("prepare", asdict(model), override, versions(("transformers",)))
+        spec = {k: v for k, v in asdict(model).items() if k != "license"}  # metadata: not in the weights' key
+        key = content_key("prepare", spec, override, versions(("transformers",)))
         self.add(Cell("prepare", m, key=key, resources=Resources(cpus=1)))
 
     def quantize(self, m: str, f: str) -> None:

@@ -113,6 +113,30 @@ def similarity_table(rows: list[dict]) -> Table:
     return t
 
 
+def guideline_table(rows: list[dict], labels: dict[str, str]) -> Table:
+    """The guideline's decisions across use cases (or per use case where there is one)."""
+    t = Table(title="Guideline: the format to deploy (cheapest meeting the SLO above the recovery floor)")
+    for col in ("sweep", "model", "hardware", "mode", "SLO", "use case", "deploy", "decision", "why"):
+        t.add_column(col)
+    for r in rows:
+        style = "red" if r["decision"] == "undecided" else ""
+        fmt = labels.get(r["format"], r["format"]) if r["format"] else "-"
+        t.add_row(r["sweep"], r["model"], r["hardware"], r["mode"], r["slo"], r["use_case"], fmt, r["decision"],
+                  r["reason"], style=style)
+    return t
+
+
+def cost_table(rows: list[dict], labels: dict[str, str]) -> Table:
+    """Cost-reduction factor per model x hardware x format x mode."""
+    t = Table(title="Cost-reduction factor vs the baseline (mean over use cases of queries/$ ratios)")
+    for col in ("sweep", "model", "hardware", "format", "mode", "factor", "averaged over"):
+        t.add_column(col, justify="right" if col == "factor" else "left")
+    for r in rows:
+        t.add_row(r["sweep"], r["model"], r["hardware"], labels.get(r["format"], r["format"]), r["mode"],
+                  _num(r["cost_reduction"]), r["note"])
+    return t
+
+
 def print_report(console: Console, root: Path | str, sweep: str) -> None:
     """Print every table the sweep has committed rows for (read from the datasets under root)."""
     from cluster.store.datasets import rows

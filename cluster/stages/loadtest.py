@@ -22,7 +22,7 @@ from cluster.store.commit import CellResult
 
 PERF_KEYS = (
     "completed", "failed", "error_rate", "request_throughput", "output_throughput", "mean_ttft_ms", "p99_ttft_ms",
-    "mean_tpot_ms", "mean_tpot_incl_first_ms", "mean_itl_ms", "mean_e2el_ms", "p99_e2el_ms",
+    "mean_tpot_ms", "p99_tpot_ms", "mean_tpot_incl_first_ms", "mean_itl_ms", "mean_e2el_ms", "p99_e2el_ms",
 )
 
 
@@ -101,6 +101,7 @@ def _base(cr: CellRun) -> dict[str, Any]:
 
 def _perf_row(base: dict, mode: str, profile: str, summary: dict | None, qpd: float | None, reason: str = "",
               rate: float | None = None, capacity: float | None = None) -> dict:
+    from cluster.report.serving import COLUMNS
     from serve.sweep import client_bound
 
     s = summary or {}
@@ -110,6 +111,7 @@ def _perf_row(base: dict, mode: str, profile: str, summary: dict | None, qpd: fl
         "queries_per_dollar": qpd, "target_rate": rate, **{k: s.get(k) for k in PERF_KEYS},
         "loadgen_capacity_rps": capacity,
         "client_bound": bool(capacity) and not reason and client_bound(offered, capacity or 0.0),
+        **dict.fromkeys(COLUMNS),  # filled by _judge once the cell's runs are in
     }
 
 
@@ -186,16 +188,42 @@ def run(cr: CellRun) -> CellResult:
     latency_s = (s_sum.get("mean_e2el_ms") or float("nan")) / 1000.0
     s_qpd = cost.queries_per_dollar_sync(latency_s, price) if s_sum.get("completed") else None
     perf = [_perf_row(base, "sync", "synchronous", s_sum, s_qpd, capacity=capacity)]
+    runs = [sync]
     reqs, files = _request_rows(base, "sync", sync), dict([_export(cr, base, "sync", None, s_sum, sync)])
     cr.report(f"asynchronous load ({sv.profile})")
     for profile, rate, recs in _async_runs(cr, url, mid, prompts, ot):
         a_sum = metrics.summarize(recs)
         a_qpd = cost.queries_per_dollar_async(a_sum["request_throughput"], price) if a_sum.get("completed") else None
         perf.append(_perf_row(base, "async", profile, a_sum, a_qpd, rate=rate, capacity=capacity))
+        runs.append(recs)
         reqs += _request_rows(base, "async", recs)
         files.update([_export(cr, base, "async", rate, a_sum, recs)])
+    _judge(cr, perf, runs)
     note = f"sync {s_sum.get('mean_e2el_ms') or 0:.0f} ms/request, async {perf[-1]['request_throughput'] or 0:.2f} req/s"
     return CellResult(rows={"perf": perf, "requests": reqs}, files=files, context=cr.context(1), note=note)
+
+
+def _judge(cr: CellRun, perf: list[dict], runs: list[list]) -> None:
+    """Fill the SLO columns (`report.slo`) and the cost-reduction factor vs the baseline's committed rows.
+
+    The factor averages over the use cases whose rows are committed (this cell's included) for both
+    this format and the baseline on this hardware; until the baseline's are, it is null and the note
+    says so (`python -m cluster report` computes it from the finished datasets either way).
+    """
+    from cluster.report import serving
+    from cluster.store.datasets import rows as committed
+
+    env, c = cr.env, cr.cell
+    for row, cols in zip(perf, serving.slo_columns(perf, runs, env.sweep.report.slo), strict=True):
+        row.update(cols)
+    others = committed(env.out, "perf", sweep=env.sweep.name, model=c.model, hardware=c.hardware)
+    mine = [r for r in others if r["format"] == c.format and r["use_case"] != c.use_case] + perf
+    base = mine if c.format == env.sweep.baseline else [r for r in others if r["format"] == env.sweep.baseline]
+    for row in perf:
+        cr_value, note = serving.cost_reduction(mine, base, row["mode"])
+        if not base:
+            note = f"baseline {env.sweep.baseline} not committed on {c.hardware} when this cell ran; `report` computes it"
+        row["cost_reduction"], row["cost_reduction_note"] = cr_value, note
 
 
 def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:

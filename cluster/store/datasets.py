@@ -86,21 +86,21 @@ def publish_table(root: Path, name: str, coords: dict[str, str], staged: Path | 
     os.replace(staged, final)
 
 
-def read(root: Path | str, name: str, filters: list | None = None) -> pa.Table:
+def read(root: Path | str, name: str, filters: list | None = None, columns: list[str] | None = None) -> pa.Table:
     """A dataset read back with its explicit schema (an empty table when nothing is committed)."""
     import pyarrow.dataset as pads
 
     base = Path(root) / "datasets" / name
     schema = CATALOG[name]
     if not base.is_dir():
-        return schema.empty_table()
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
     part = pads.partitioning(pa.schema([schema.field(c) for c in partition_cols(name)]), flavor="hive")
     ds = pads.dataset(str(base), schema=schema, format="parquet", partitioning=part)
     expr = None
     for column, value in filters or []:
         term = pads.field(column) == value
         expr = term if expr is None else expr & term
-    return ds.to_table(filter=expr)
+    return ds.to_table(filter=expr, columns=columns)
 
 
 def rows(root: Path | str, name: str, **where: str) -> list[dict[str, Any]]:

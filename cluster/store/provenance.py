@@ -99,6 +99,7 @@ class Provenance:
     versions: dict[str, str] = field(default_factory=package_versions)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    source: str = "quantsweep"  # imported results name where their numbers come from
 
     def columns(self) -> dict[str, Any]:
         return {
@@ -108,6 +109,7 @@ class Provenance:
             "git_sha": self.git_sha,
             "versions": list(self.versions.items()),
             "seed": self.seed,
+            "source": self.source,
         }
 
 

@@ -25,6 +25,8 @@ PROVENANCE = [
     pa.field("compute_dtype", pa.string(), nullable=False),
     pa.field("threads", pa.int64(), nullable=False),
     pa.field("host", pa.string(), nullable=False),
+    # "quantsweep" for what a run measured; else where imported numbers come from (null in older runs)
+    pa.field("source", pa.string()),
 ]
 
 _F64 = pa.float64()
@@ -137,6 +139,7 @@ PERF = _schema(
     pa.field("mean_ttft_ms", _F64),
     pa.field("p99_ttft_ms", _F64),
     pa.field("mean_tpot_ms", _F64),
+    pa.field("p99_tpot_ms", _F64),
     pa.field("mean_tpot_incl_first_ms", _F64),
     pa.field("mean_itl_ms", _F64),
     pa.field("mean_e2el_ms", _F64),
@@ -146,6 +149,14 @@ PERF = _schema(
     pa.field("client_bound", pa.bool_(), nullable=False),
     pa.field("engine_args", pa.string(), nullable=False),
     pa.field("deployment_config", pa.string(), nullable=False),  # Ray Serve replicas / autoscaling
+    # judged against the sweep's `report.slo` (described in `slo`; the report re-judges from `requests`):
+    pa.field("slo", pa.string()),
+    pa.field("goodput_rps", _F64),  # requests/s that completed within every SLO bound
+    pa.field("slo_met", pa.bool_()),  # TTFT and TPOT at the SLO percentile within the bounds
+    pa.field("slo_max_qps", _F64),  # async: the highest achieved req/s of the cell's rates meeting the SLO
+    pa.field("slo_queries_per_dollar", _F64),  # queries/$ at slo_max_qps (sync: its own, when met)
+    pa.field("cost_reduction", _F64),  # mean over use cases of queries/$ / the baseline's (see loadtest)
+    pa.field("cost_reduction_note", pa.string()),
     extra_keys=("hardware", "use_case"),
 )
 
@@ -194,6 +205,27 @@ SIMILARITY = _schema(
     pa.field("bertscore_model", pa.string(), nullable=False),
 )
 
+GUIDELINE = pa.schema([
+    pa.field("sweep", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("hardware", pa.string(), nullable=False),
+    pa.field("mode", pa.string(), nullable=False),  # sync | async
+    pa.field("slo", pa.string(), nullable=False),  # an SLO's name; "none": latency unconstrained
+    pa.field("slo_detail", pa.string(), nullable=False),
+    pa.field("use_case", pa.string(), nullable=False),  # a use case, or "all" (every one measured)
+    pa.field("format", pa.string()),  # the format to deploy; null when the data cannot decide
+    pa.field("decision", pa.string(), nullable=False),  # deploy | tie | undecided
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("queries_per_dollar", _F64),
+    pa.field("cost_reduction", _F64),  # vs the baseline format, mean over the use cases
+    pa.field("recovery_pct", _F64),  # the lowest over the suites the floor applies to
+    pa.field("recovery_floor", _F64, nullable=False),
+    pa.field("baseline_format", pa.string(), nullable=False),
+    pa.field("runner_up", pa.string()),
+    pa.field("considered", pa.list_(pa.string()), nullable=False),  # one verdict per format
+    *PROVENANCE,
+])
+
 CATALOG: dict[str, pa.Schema] = {
     "quantized": QUANTIZED,
     "eval_scores": EVAL_SCORES,
@@ -204,14 +236,18 @@ CATALOG: dict[str, pa.Schema] = {
     "trials": TRIALS,
     "generations": GENERATIONS,
     "similarity": SIMILARITY,
+    "guideline": GUIDELINE,  # written by `report` (not a cell): one file per sweep x model
 }
 
 
 def partition_cols(name: str) -> tuple[str, ...]:
     """The hive partition columns of a dataset: sweep/model/format plus what separates its cells."""
+    if name in _KEYS:
+        return _KEYS[name]
     schema = CATALOG[name]
     return tuple(f.name for f in schema)[: len(BASE_PARTITION) + _EXTRA[name]]
 
 
+_KEYS = {"guideline": ("sweep", "model")}
 _EXTRA = {"eval_scores": 1, "eval_samples": 1, "recovery": 1, "requests": 2, "perf": 2}
 _EXTRA.update({k: 0 for k in ("quantized", "trials", "generations", "similarity")})

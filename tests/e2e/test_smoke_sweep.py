@@ -96,7 +96,7 @@ def test_tuning_finds_distinct_recoveries_and_exports_a_recipe(smoke):
 
 def test_every_row_records_its_cell_dtype_and_threads(smoke):
     out, _ = smoke
-    for name in CATALOG:
+    for name in set(CATALOG) - {"guideline"}:  # written by `report`, not by a cell
         for row in _rows(out, name):
             assert row["cell_key"] and row["compute_dtype"] in ("float32", "bfloat16") and row["threads"] >= 0
     q = [r for r in _rows(out, "eval_scores")]
