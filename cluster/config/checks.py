@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cluster.config import schema as C
 from cluster.config.calibration import check_calibration_file
 from cluster.config.merge import describe
-from cluster.config.schema import Catalog
+from cluster.config.schema import Catalog, ReportConfig, SloConfig
 from cluster.errors import ConfigError
 from serve.config import DTYPES, LOAD_PROFILES, LOOPBACK, SERVE_INGRESS, ServeConfig
 
@@ -193,7 +193,6 @@ def check_sweep(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
             _known(sweep.serve.formats, {f: 1 for f in sweep.formats}, source, "serve.formats")
     if sweep.tune.enabled:
         _check_tune(sweep, catalog, source)
-    from cluster.config.reportcfg import check_report  # it builds on this module's helpers
 
     check_report(sweep.report, source)
 
@@ -382,3 +381,34 @@ def getattr_dotted(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part, None)
     return obj
+
+
+def check_slo(slo: SloConfig, source: str, key: str) -> None:
+    """Bounds must be positive, the percentile in (0, 100], the name a plain word."""
+    if not NAME_RE.match(slo.name):
+        raise ConfigError(f"{source}: {key}.name '{slo.name}' must match {NAME_RE.pattern}")
+    for bound in ("ttft_ms", "tpot_ms"):
+        value = getattr(slo, bound)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{source}: {key}.{bound} must be > 0 (or null: unbounded), got {value}")
+    if not 0 < slo.percentile <= 100:
+        raise ConfigError(f"{source}: {key}.percentile must be in (0, 100], got {slo.percentile}")
+
+
+def check_report(cfg: ReportConfig, source: str, prefix: str = "report.") -> None:
+    """Every SLO valid and uniquely named; floor and margin in range."""
+    check_finite(cfg, source, prefix)
+    check_slo(cfg.slo, source, f"{prefix}slo")
+    for i, slo in enumerate(cfg.slos):
+        check_slo(slo, source, f"{prefix}slos.{i}")
+    names = [s.name for s in (cfg.slo, *cfg.slos)]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup or "none" in names:
+        raise ConfigError(
+            f"{source}: {prefix}slo names must be unique and not 'none' (the report's "
+            f"unconstrained view), got {names}"
+        )
+    if not 0 < cfg.recovery_floor <= 200:
+        raise ConfigError(f"{source}: {prefix}recovery_floor must be in (0, 200] %, got {cfg.recovery_floor}")
+    if not 0 <= cfg.cost_margin_pct < 100:
+        raise ConfigError(f"{source}: {prefix}cost_margin_pct must be in [0, 100), got {cfg.cost_margin_pct}")

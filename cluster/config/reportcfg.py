@@ -13,43 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cluster.config import yamlsafe
-from cluster.config.checks import NAME_RE, check_finite
-from cluster.config.loader import structured
-from cluster.config.schema import ReportConfig, SloConfig
+from cluster.config.checks import check_report
+from cluster.config.merge import structured
+from cluster.config.schema import ReportConfig
 from cluster.errors import ConfigError
 
 SAVED = "config.json"  # beside the report it configured
-
-
-def check_slo(slo: SloConfig, source: str, key: str) -> None:
-    """Bounds must be positive, the percentile in (0, 100], the name a plain word."""
-    if not NAME_RE.match(slo.name):
-        raise ConfigError(f"{source}: {key}.name '{slo.name}' must match {NAME_RE.pattern}")
-    for bound in ("ttft_ms", "tpot_ms"):
-        value = getattr(slo, bound)
-        if value is not None and not value > 0:
-            raise ConfigError(f"{source}: {key}.{bound} must be > 0 (or null: unbounded), got {value}")
-    if not 0 < slo.percentile <= 100:
-        raise ConfigError(f"{source}: {key}.percentile must be in (0, 100], got {slo.percentile}")
-
-
-def check_report(cfg: ReportConfig, source: str, prefix: str = "report.") -> None:
-    """Every SLO valid and uniquely named; floor and margin in range."""
-    check_finite(cfg, source, prefix)
-    check_slo(cfg.slo, source, f"{prefix}slo")
-    for i, slo in enumerate(cfg.slos):
-        check_slo(slo, source, f"{prefix}slos.{i}")
-    names = [s.name for s in (cfg.slo, *cfg.slos)]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup or "none" in names:
-        raise ConfigError(
-            f"{source}: {prefix}slo names must be unique and not 'none' (the report's "
-            f"unconstrained view), got {names}"
-        )
-    if not 0 < cfg.recovery_floor <= 200:
-        raise ConfigError(f"{source}: {prefix}recovery_floor must be in (0, 200] %, got {cfg.recovery_floor}")
-    if not 0 <= cfg.cost_margin_pct < 100:
-        raise ConfigError(f"{source}: {prefix}cost_margin_pct must be in [0, 100), got {cfg.cost_margin_pct}")
 
 
 def _base(root: Path, out: Path, sweep_file: str | None) -> tuple[dict, str]:

@@ -106,7 +106,7 @@ class RunData:
     @property
     def colours(self) -> dict[str, str]:
         """One colour per format of the whole run, so a format looks the same in every figure."""
-        from cluster.report.figures import colours
+        from cluster.report.style import colours
 
         return colours([r["format"] for r in self.perf + self.recovery])
 

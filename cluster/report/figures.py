@@ -17,10 +17,10 @@ from typing import Any
 
 from cluster.config.schema import ReportConfig
 from cluster.report.data import RunData
+from cluster.report.style import colours  # noqa: F401 - re-exported for the sections
 from cluster.report.pareto import Point
 
 Row = dict[str, Any]
-PALETTE = ("#4c4c4c", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
 @dataclass(frozen=True)
@@ -59,15 +59,6 @@ class Figures:
         ref = FigureRef(name, f"figures/{safe}", uri, caption)
         self.saved.append(ref)
         return ref
-
-
-ORDER = ("bf16", "w8a8-fp", "w8a8-int", "w4a16-int")  # the study's formats first, in its order
-
-
-def colours(formats: list[str]) -> dict[str, str]:
-    """A colour per format, the same in every figure of a report (pass every format the run has)."""
-    ranked = sorted(set(formats), key=lambda f: (ORDER.index(f) if f in ORDER else len(ORDER), f))
-    return {f: PALETTE[i % len(PALETTE)] for i, f in enumerate(ranked)}
 
 
 def _axes(ncols: int = 1, width: float = 6.4, height: float = 3.6) -> tuple[Any, Any]:

@@ -13,7 +13,6 @@ tests) run alone there, with nothing beside them. On a cluster Ray's resources d
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from cluster.plan.cells import Cell
 from cluster.run import registry
 from cluster.run.env import CellRun, RunEnv
 from cluster.run.progress import Tally, clock, start_board
+from cluster.run.remote import one_line, remote_runner
 from cluster.run.sessions import HostPool, Session, dead_hosts, session_key
 from cluster.store import manifest
 from cluster.store.commit import CellResult, commit
@@ -49,39 +49,6 @@ class Summary:
     skipped: int = 0
     failed: list[str] = field(default_factory=list)  # labels of failed or blocked cells
     resumed: int = 0  # cells already committed before this run
-
-
-_RUNNERS: dict[bool, Any] = {}
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def one_line(exc: BaseException) -> str:
-    """`Type: message` of the root cause, on one line, without terminal colours."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        exc = cause
-    lines = [x.strip() for x in _ANSI.sub("", str(exc)).splitlines() if x.strip()]
-    return f"{type(exc).__name__}: {lines[-1][:400] if lines else ''}".rstrip(": ")
-
-
-def _remote_runner(cell: Cell, env: RunEnv):
-    """The Ray remote function (with options) that runs a cell."""
-    import ray
-
-    stage = registry.STAGES[cell.stage]
-    # GPU memory a reused worker cached would stay taken: on GPUs every quantization gets its own process
-    fresh = stage.fresh_process or (stage.name == "quantize" and env.gpu)
-    if fresh not in _RUNNERS:  # max_calls is fixed per remote function
-        _RUNNERS[fresh] = ray.remote(max_calls=1 if fresh else 0)(registry.run_cell)
-    res = cell.resources
-    opts: dict[str, Any] = {"num_cpus": res.cpus if not stage.session else 0, "num_gpus": 0}
-    if not stage.session and res.gpus and env.gpu:
-        opts["num_gpus"] = res.gpus
-        if res.accelerator:
-            opts["accelerator_type"] = res.accelerator
-    if cell.stage == "tune":
-        opts["num_cpus"] = 0  # the Tune controller; its trials hold the resources
-    return _RUNNERS[fresh].options(**opts)
 
 
 class Executor:
@@ -260,7 +227,7 @@ class Executor:
         attempt = self.attempts.get(cell.key, 0) + 1
         self.attempts[cell.key] = attempt
         cr = CellRun(cell, self.env, self._inputs(cell), s.handle if s else None, self.board)
-        ref = _remote_runner(cell, self.env).remote(cr)
+        ref = remote_runner(cell, self.env).remote(cr)
         if s is not None:
             s.busy = True
         self.running[ref] = _Running(cell, time.time(), s, attempt)

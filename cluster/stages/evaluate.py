@@ -62,6 +62,7 @@ def _sample_rows(cr: CellRun, suite: SuiteConfig, out: dict) -> list[dict]:
                 **coords(cr, "suite"), "task": t.name, "doc_id": int(s["doc_id"]),
                 "prompt_hash": s.get("prompt_hash"), "target": str(s.get("target")),
                 "response": json.dumps(s.get("filtered_resps"), default=str), "metrics": list(metrics.items()),
+                "isolation": s.get("isolation"),
             })
     return rows
 

@@ -82,6 +82,7 @@ EVAL_SAMPLES = _schema(
     pa.field("target", pa.string()),
     pa.field("response", pa.string()),
     pa.field("metrics", pa.map_(pa.string(), _F64), nullable=False),
+    pa.field("isolation", pa.string()),  # HumanEval: how the sandbox isolated the code (else null)
     extra_keys=("suite",),
 )
 

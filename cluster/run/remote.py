@@ -1,0 +1,52 @@
+"""How a cell becomes a Ray task: its options (CPUs, GPUs, accelerator type, a fresh process, the
+code-sandbox nodes), and errors turned into one line for manifests and logs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cluster.plan.cells import Cell
+from cluster.run import registry
+from cluster.run.env import RunEnv
+
+_RUNNERS: dict[bool, Any] = {}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: message` of the root cause, on one line, without terminal colours."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    lines = [x.strip() for x in _ANSI.sub("", str(exc)).splitlines() if x.strip()]
+    return f"{type(exc).__name__}: {lines[-1][:400] if lines else ''}".rstrip(": ")
+
+
+def remote_runner(cell: Cell, env: RunEnv):
+    """The Ray remote function (with options) that runs a cell."""
+    import ray
+
+    stage = registry.STAGES[cell.stage]
+    # GPU memory a reused worker cached would stay taken: on GPUs every quantization gets its own process
+    fresh = stage.fresh_process or (stage.name == "quantize" and env.gpu)
+    if fresh not in _RUNNERS:  # max_calls is fixed per remote function
+        _RUNNERS[fresh] = ray.remote(max_calls=1 if fresh else 0)(registry.run_cell)
+    res = cell.resources
+    opts: dict[str, Any] = {"num_cpus": res.cpus if not stage.session else 0, "num_gpus": 0}
+    if not stage.session and res.gpus and env.gpu:
+        opts["num_gpus"] = res.gpus
+        if res.accelerator:
+            opts["accelerator_type"] = res.accelerator
+    if cell.stage == "tune":
+        opts["num_cpus"] = 0  # the Tune controller; its trials hold the resources
+    if cell.stage == "evaluate" and env.gpu and _runs_code(cell, env):
+        # model-written code runs in this task's sandbox: on the cluster's code-sandbox nodes (k8s/)
+        opts["resources"] = {"code_sandbox": 0.01}
+    return _RUNNERS[fresh].options(**opts)
+
+
+def _runs_code(cell: Cell, env: RunEnv) -> bool:
+    return any(t.kind == "humaneval" for t in env.catalog.suites[cell.suite].tasks)
+
+
