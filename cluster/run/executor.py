@@ -199,13 +199,22 @@ class Executor:
         s = self.sessions.get(key)
         if s is None:
             n = self._hosts() if kind == "engines" else 1
-            if not self._can_open(kind, n):
+            if not self._can_open(kind, n) or (kind == "serve" and not self._members_ready(key)):
                 return
             s = self._open(cell, key, kind)
         if s.busy or s.opening is not None:
             return
         if not cell.resources.exclusive or self._can_start(cell, 0):
             self._launch(cell, s)
+
+    def _serve_members(self, key: str) -> list[Cell]:
+        """The pending load-test cells a Serve session deploys for."""
+        return [c for c in self._pending() if registry.STAGES[c.stage].session == "serve"
+                and session_key(c, "serve", self.env.gpu) == key and c.status != "skipped"]
+
+    def _members_ready(self, key: str) -> bool:
+        """A Serve deployment waits until every checkpoint it serves has passed (or failed) its health cell."""
+        return all(self.state[d] not in ("pending", "running") for c in self._serve_members(key) for d in c.deps)
 
     def _open(self, cell: Cell, key: str, kind: str) -> Session:
         s = Session(key, kind)
@@ -214,8 +223,7 @@ class Executor:
         else:
             from cluster.stages.loadtest import open_remote
 
-            members = [c for c in self._pending() if registry.STAGES[c.stage].session == "serve"
-                       and session_key(c, "serve", self.env.gpu) == key and c.status != "skipped"]
+            members = [c for c in self._serve_members(key) if all(self.state[d] in OK for d in c.deps)]
             s.opening = open_remote(self.env, [(c, self._inputs(c)) for c in members])
         self.sessions[key] = s
         if kind == "serve":
