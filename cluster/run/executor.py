@@ -128,11 +128,10 @@ class Executor:
         out = [c for c in self._pending() if all(self.state[d] in OK for d in c.deps)]
         # tune first: its search is the longest chain of a sweep; it overlaps everything else
         rank = {s: i for i, s in enumerate(("tune", *(x for x in STAGE_ORDER if x != "tune")))}
-        # work on open sessions first, then deploy Serve early (its replicas start while the rest
-        # runs; only the measurement waits to run alone), then by stage
+        # work on open sessions first, then by stage; measurements (and their Serve deployment) last:
+        # on a busy CPU host a deployment started early only slows everything beside it
         def order(c: Cell) -> tuple:
-            live = self._session_open(c) is not None
-            return (not live, not (c.resources.exclusive and not live), rank[c.stage])
+            return (self._session_open(c) is None, c.resources.exclusive, rank[c.stage])
 
         return sorted(out, key=order)
 
@@ -325,7 +324,7 @@ class Executor:
         self.sessions.pop(s.key, None)
         if s.kind == "engines":
             self.pool.release(s.key)
-        elif s.handle is not None:
+        elif s.handle is not None and not self.env.sweep.serve.keep:
             from cluster.stages.loadtest import close_session
 
             close_session(self.env, s)

@@ -304,6 +304,9 @@ def run(cr: CellRun) -> CellResult:
     setup = _setup(cr, path)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # save the experiment state as trials finish
     cr.report(f"{t.search} search, {t.scheduler} scheduler, budgets {list(setup.budgets)}")
+    from ray import tune as ray_tune
+
+    resumed = t.resume and ray_tune.Tuner.can_restore(str(path))
     grid = _tuner(cr, setup, path).fit()
     full = sum(len(v) for v in setup.baseline.values())
     results = [grid[i] for i in range(len(grid))]
@@ -322,6 +325,8 @@ def run(cr: CellRun) -> CellResult:
             rows[best].update(_validate(cr, setup, recipe))
             note += f"; {t.validation_suite} validation recovery {rows[best]['validation_recovery_pct']:.2f}%"
             files[f"tune/{name}/validation.json"] = {k: rows[best][k] for k in ("validation_suite", "validation_recovery_pct")}
+    if resumed:
+        note = f"resumed the interrupted search (finished trials kept); {note}"
     return CellResult(rows={"trials": rows}, files=files, context=cr.context(1), note=note)
 
 

@@ -1,6 +1,13 @@
-"""`ray job submit --working-dir . -- python -m cluster run sweeps/smoke.yaml` against a cluster made
-by `ray start --head`: the whole demo (every stage), and its datasets equal the embedded run's cell
-for cell.
+"""The whole demo as a Ray job on a `ray start --head` cluster, with its driver killed twice.
+
+`ray job submit --working-dir . -- python -m cluster run sweeps/smoke.yaml` runs every stage. Its
+driver is SIGKILLed once in the middle of evaluation and once after the first tuning trial; each
+resubmission resumes: it recomputes no committed cell (quantization, evaluation of a committed
+checkpoint x suite), the interrupted tuning search restores its finished trials, and the datasets end
+with the same cell keys, row counts and deterministic columns as the embedded run (the `smoke`
+fixture). `status` follows the crashed and the resumed run. The job keeps its Serve deployment up
+(`serve.keep`), so the module then checks the OpenAI-compatible API itself: the API key, streaming
+with the real `openai` client, the chat template, a bad request, and a killed replica.
 
 Runs before the integration tier starts its own Ray (tests/e2e sorts first); `ray stop` ends every
 Ray process on the machine, so this module must not share a session with a live local Ray.
@@ -8,11 +15,17 @@ Ray process on the machine, so this module must not share a session with a live 
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cluster.store import datasets
@@ -21,26 +34,113 @@ from cluster.store.schemas import CATALOG
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+KEY = "qs-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+JOB = ["serve.keep=true", f"serve.api_key={KEY}"]  # neither changes a cell key (cluster.plan.cells)
 
 
 @pytest.fixture(scope="module")
 def head_node(smoke):  # the embedded run first: two Rays never share the machine's 2 cores
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    # the cluster carries what Serve needs in every Ray process (as k8s/ pods do)
     from serve.app import ray_env
 
-    env.update(ray_env("haproxy"))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **ray_env("haproxy")}  # as k8s/ pods carry them
     subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus", "8", "--disable-usage-stats"],
                    check=True, capture_output=True, env=env, timeout=180)
     try:
         yield {**env, "RAY_AUTH_MODE": "token"}
     finally:
+        import ray
+
+        ray.shutdown()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
-def _submit(env: dict, *args: str) -> subprocess.CompletedProcess:
-    cmd = [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "python", "-m", "cluster", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+def _submit(env: dict, out: Path, *extra: str, log: Path | None = None):
+    cmd = [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "python", "-m", "cluster", "run",
+           "sweeps/smoke.yaml", f"output_root={out}", *JOB, *extra]
+    if log is None:
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _driver_pid(out: Path) -> int | None:
+    """The job's driver: the `python -m cluster run` process writing to this output root."""
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "cluster" in cmd and "run" in cmd and f"output_root={out}" in cmd and "submit" not in cmd:
+            return p.pid
+    return None
+
+
+def _manifests(out: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (out / "cells").glob("*.json")}
+
+
+def _kill_when(env: dict, out: Path, name: str, ready) -> dict[str, dict]:
+    """Submit the job, SIGKILL its driver once `ready(out)` holds; the committed manifests then."""
+    log = out.parent / f"{name}.log"
+    client = _submit(env, out, log=log)
+    deadline = time.monotonic() + 1200
+    while not ready(out):
+        assert client.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{name}: the kill moment never came"
+        time.sleep(0.5)
+    pid = _driver_pid(out)
+    assert pid, "the job's driver process was not found"
+    os.kill(pid, signal.SIGKILL)
+    client.wait(timeout=120)
+    time.sleep(3)
+    return _manifests(out)
+
+
+def _status(out: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "cluster", "status", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return next(line for line in proc.stdout.splitlines() if "sweep smoke" in line)
+
+
+def _evaluating(out: Path) -> bool:
+    done = {m["stage"] for m in _manifests(out).values() if m["status"] == "done"}
+    return "evaluate" in done
+
+
+def _trial_finished(out: Path) -> bool:
+    return any(p.read_text().strip() for p in out.glob("tune/*/trainable_*/result.json"))
+
+
+@pytest.fixture(scope="module")
+def job(head_node, tmp_path_factory, organism_assets):
+    """The demo as a job: killed mid-evaluation, killed mid-search, then run to the end."""
+    out = tmp_path_factory.mktemp("job") / "runs"
+    out.mkdir()
+    (out / "cache").symlink_to(organism_assets.root.parent)
+    first = _kill_when(head_node, out, "first", _evaluating)
+    crashed = _status(out)
+    second = _kill_when(head_node, out, "second", _trial_finished)
+    final = _submit(head_node, out)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    return out, first, second, crashed, final.stdout + final.stderr
+
+
+def test_the_first_kill_came_in_the_middle_of_evaluation(job):
+    _, first, _, crashed, _ = job
+    stages = [m["stage"] for m in first.values() if m["status"] == "done"]
+    assert "quantize" in stages and "evaluate" in stages
+    assert stages.count("evaluate") < 5  # the demo evaluates five checkpoints
+    assert "done" in crashed and "pending" in crashed
+
+
+def test_no_committed_cell_was_computed_again(job):
+    out, first, second, _, log = job
+    after = _manifests(out)
+    for key, m in {**first, **second}.items():
+        if m["status"] in ("done", "skipped"):
+            assert after[key] == m, f"{m['stage']} {m['format']} {m['suite']} was recomputed"
+    assert "resume:" in log and "resumed the interrupted search" in log
+    for m in first.values():
+        label = " ".join(p for p in (m["stage"], m["model"], m["format"], m["suite"]) if p and p != "-")
+        assert not re.search(rf"start {re.escape(label)}\s*$", log, re.M), label
 
 
 def _cells(out: Path, name: str) -> dict[str, int]:
@@ -50,23 +150,126 @@ def _cells(out: Path, name: str) -> dict[str, int]:
     return counts
 
 
-def test_the_demo_as_a_ray_job_equals_the_embedded_run_cell_for_cell(head_node, smoke, tmp_path, organism_assets):
+def test_the_job_equals_the_embedded_run_cell_for_cell(job, smoke):
+    out, *_ = job
     embedded, _ = smoke
-    out = tmp_path / "runs"
-    out.mkdir()
-    (out / "cache").symlink_to(organism_assets.root.parent)
-    proc = _submit(head_node, "run", "sweeps/smoke.yaml", f"output_root={out}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "succeeded" in proc.stdout + proc.stderr
     for name in CATALOG:
-        assert _cells(out, name) == _cells(embedded, name), name
-    ours = {(r["format"], r["task"]): r["value"] for r in datasets.rows(out, "eval_scores")}
-    assert ours == {(r["format"], r["task"]): r["value"] for r in datasets.rows(embedded, "eval_scores")}
+        if name != "guideline":  # written by the report, not by a cell
+            assert _cells(out, name) == _cells(embedded, name), name
     assert {p.name for p in (out / "cells").glob("*.json")} == {p.name for p in (embedded / "cells").glob("*.json")}
+    for name, cols in (("eval_scores", ("value",)), ("eval_samples", ("response", "metrics")), ("recovery", ("score",))):
+        ours = sorted((r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
+                      for r in datasets.rows(out, name))
+        theirs = sorted((r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
+                        for r in datasets.rows(embedded, name))
+        assert ours == theirs, name
+    trials = {dict(r["params"])["group_size"]: r["recovery_pct"] for r in datasets.rows(out, "trials")}
+    assert trials == {dict(r["params"])["group_size"]: r["recovery_pct"] for r in datasets.rows(embedded, "trials")}
+    title = _status(out)
+    assert "pending" not in title and "failed" not in title
 
 
-def test_job_with_a_bad_sweep_fails_with_one_line(head_node, tmp_path):
-    proc = _submit(head_node, "run", "sweeps/smoke.yaml", "eval.actorz=3", f"output_root={tmp_path / 'runs'}")
+def test_a_bad_sweep_fails_the_job_with_one_line(head_node, tmp_path):
+    proc = _submit(head_node, tmp_path / "runs", "eval.actorz=3")
     assert proc.returncode != 0
     assert "error: sweeps/smoke.yaml: override 'eval.actorz'" in proc.stdout + proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# --- the job's Serve deployment, still up (serve.keep) -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(job):
+    import httpx
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "token"  # read the token `ray start` wrote
+    ray.init(address="auto", log_to_driver=False)  # this test process joins the job's cluster as a client
+    url = "http://127.0.0.1:8000/organism-bf16"
+    assert httpx.post(f"{url}/v1/completions", json={"model": "organism-bf16", "prompt": "x", "max_tokens": 2},
+                      headers=AUTH, timeout=60).status_code == 200
+    return url
+
+
+def test_requests_without_the_api_key_are_refused(served):
+    import httpx
+
+    body = {"model": "organism-bf16", "prompt": "x", "max_tokens": 2}
+    assert httpx.post(f"{served}/v1/completions", json=body, timeout=60).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-key"}
+    assert httpx.post(f"{served}/v1/completions", json=body, headers=wrong, timeout=60).status_code == 401
+
+
+def test_haproxy_forwards_straight_to_the_llm_server(served):
+    from ray import serve
+
+    apps = serve.status().applications
+    assert list(apps["quantsweep-organism-bf16"].deployments) == ["LLMServer:organism-bf16"]
+
+
+def test_openai_client_streams_and_chats(served):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served}/v1", api_key=KEY)
+    assert [m.id for m in client.models.list().data] == ["organism-bf16"]
+    stream = client.completions.create(model="organism-bf16", prompt="Question: What is 2 plus 3?\nAnswer:",
+                                       max_tokens=12, temperature=0, stream=True,
+                                       extra_body={"min_tokens": 12, "ignore_eos": True})
+    chunks = [c.choices[0].text for c in stream if c.choices]
+    assert len(chunks) >= 2 and "".join(chunks)
+    reply = client.chat.completions.create(model="organism-bf16", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=5, temperature=0)
+    assert reply.usage.prompt_tokens > 3 and reply.choices[0].message.content is not None
+
+
+def test_a_bad_request_is_an_http_error_not_a_crash(served):
+    import httpx
+
+    r = httpx.post(f"{served}/v1/completions", json={"model": "no-such-model", "prompt": "x", "max_tokens": 2},
+                   headers=AUTH, timeout=60)
+    assert r.status_code in (400, 404)
+
+
+def _replicas(app: str) -> list[str]:
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#"
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == "serve" and a["name"].startswith(prefix) and "LLMServer" in a["name"])
+
+
+def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(served):
+    import ray
+    from ray import serve
+
+    from serve import app, loadgen, metrics
+
+    (victim,) = _replicas("quantsweep-organism-bf16")
+    prompts = loadgen.make_prompts(400, 16, 64, seed=0)
+    out: dict = {}
+
+    def load() -> None:
+        out["records"] = loadgen.run_concurrent(served, "organism-bf16", prompts, 16, concurrency=4,
+                                                max_requests=100_000, duration_s=15, timeout_s=20, api_key=KEY)
+
+    runner = threading.Thread(target=load, daemon=True)
+    runner.start()
+    time.sleep(5)
+    killed_at = time.time()
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    runner.join(timeout=90)
+    records = out["records"]
+    ok, failed = [r for r in records if r.ok], [r for r in records if not r.ok]
+    assert any(r.send_time + r.end_s < killed_at for r in ok), "nothing completed before the kill"
+    assert failed and all(r.status == "error" and r.error for r in failed)
+    assert all(r.send_time + r.end_s >= killed_at for r in failed)  # only the crash failed requests
+    s = metrics.summarize(records)
+    assert (s["completed"], s["failed"]) == (len(ok), len(failed)) and s["completed"] + s["failed"] == len(records)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = serve.status().applications["quantsweep-organism-bf16"]
+        if status.status == "RUNNING" and [r for r in _replicas("quantsweep-organism-bf16") if r != victim]:
+            break
+        time.sleep(2)
+    app.wait_ready(served, ["organism-bf16"], KEY, timeout_s=300)
