@@ -54,6 +54,7 @@ def ray_local():
         serve_env = ray_env("haproxy")  # Serve's default ingress, as cluster.run.ray_init sets it
         os.environ.update(serve_env)
         ray.init(
+            address="local",
             num_cpus=MIN_LOCAL_CPU_SLOTS,
             include_dashboard=False,
             log_to_driver=False,

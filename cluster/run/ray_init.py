@@ -32,5 +32,6 @@ def init_ray(sweep: SweepConfig) -> bool:
     os.environ.update({k: v for k, v in HF_OFFLINE_ENV.items() if k not in os.environ})
     env = {"env_vars": {**{k: os.environ[k] for k in HF_OFFLINE_ENV}, **serve_env}}
     slots = sweep.ray.num_cpus or max(MIN_LOCAL_CPU_SLOTS, os.cpu_count() or 1)
-    ray.init(num_cpus=slots, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    # address="local": always a new embedded Ray, never a cluster some other process left running here
+    ray.init(address="local", num_cpus=slots, include_dashboard=False, runtime_env=env, log_to_driver=False)
     return False
