@@ -59,7 +59,7 @@ class Result:
 class Greedy(Policy):
     """For comparison: plan order, every cell that fits starts, no reservations (what Ray's queue does)."""
 
-    def order(self, ready, live=lambda c: False, upcoming=()):  # type: ignore[no-untyped-def, override]
+    def order(self, ready, live=lambda c: False, state=None):  # type: ignore[no-untyped-def, override]
         self.heads = {}
         return sorted(ready, key=lambda c: not live(c))
 
@@ -96,9 +96,9 @@ class Sim:
         group = session_of(c)
         return ":".join(group) if group else c.key
 
-    def _ready(self, among: tuple[str, ...] = ("done",)) -> list[Cell]:
-        """Pending cells whose inputs are all in a state of `among`."""
-        ok = {k for k, s in self.state.items() if s in among}
+    def _ready(self) -> list[Cell]:
+        """Pending cells whose inputs are all done."""
+        ok = {k for k, s in self.state.items() if s == "done"}
         return [
             c
             for c in self.cells
@@ -126,9 +126,7 @@ class Sim:
                 self.state[c.key], self.failed[c.key] = "failed", why
         self._block()
         live = {u for u, s in self.sessions.items() if s.open}
-        ready = self._ready()
-        upcoming = [c for c in self._ready(("done", "running")) if c not in ready]
-        for c in self.policy.order(ready, live=lambda c: self.unit(c) in live, upcoming=upcoming):
+        for c in self.policy.order(ready, live=lambda c: self.unit(c) in live, state=self.state):
             unit, group = self.unit(c), session_of(c)
             s = self.sessions.get(unit)
             if group is None:

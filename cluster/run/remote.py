@@ -23,6 +23,13 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1][:400] if lines else ''}".rstrip(": ")
 
 
+def infra_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the cluster lost the work (a worker, node or object), not that the cell failed."""
+    from ray.exceptions import NodeDiedError, ObjectLostError, WorkerCrashedError
+
+    return (WorkerCrashedError, NodeDiedError, ObjectLostError)  # OwnerDiedError is an ObjectLostError
+
+
 def remote_runner(cell: Cell, env: RunEnv):
     """The Ray remote function (with options) that runs a cell."""
     import ray
@@ -34,10 +41,12 @@ def remote_runner(cell: Cell, env: RunEnv):
         _RUNNERS[fresh] = ray.remote(max_calls=1 if fresh else 0)(registry.run_cell)
     res = cell.resources
     opts: dict[str, Any] = {"num_cpus": res.cpus if not stage.session else 0, "num_gpus": 0}
-    if not stage.session and res.gpus and env.gpu:
+    if not stage.session and res.gpus and (env.gpu or res.accelerator):  # placed on GPUs by the plan
         opts["num_gpus"] = res.gpus
         if res.accelerator:
             opts["accelerator_type"] = res.accelerator
+    if not stage.session and res.memory_gb and cell.stage != "tune":  # e.g. BF16 weights to quantize
+        opts["memory"] = int(res.memory_gb * 1e9)
     if cell.stage == "tune":
         opts["num_cpus"] = 0  # the Tune controller; its trials hold the resources
     if cell.stage == "evaluate" and env.gpu and _runs_code(cell, env):

@@ -82,17 +82,19 @@ class Policy:
         self,
         ready: Iterable[Cell],
         live: Callable[[Cell], bool] = lambda c: False,
-        upcoming: Iterable[Cell] = (),
+        state: dict[str, str] | None = None,
     ) -> list[Cell]:
         """Ready cells, those on an open session first, then the longest remaining path first.
 
         Each call starts a dispatch round: the cells are then offered to `admit` in this order.
-        `upcoming`: cells whose inputs are still running; the longest-path one of each GPU kind gets
-        a reservation from when its inputs should end, so that short work does not take the room
-        it is about to need (a later ready cell with a longer path replaces it).
+        `state` (cell key -> pending | running | done | skipped | ...) shows what is about to be
+        ready: pending cells whose inputs are done or running. The most urgent of each GPU kind gets
+        a reservation from when its inputs should end, so that short work does not take the room it
+        is about to need (a ready cell more urgent than it replaces it).
         """
+        ready = list(ready)
         self.heads = {}
-        for c in sorted(upcoming, key=self.priority):
+        for c in sorted(self._upcoming(ready, state or {}), key=self.priority):
             demand = demand_of(c.resources)
             if demand.gpus and demand.accelerator not in self.heads:
                 self.heads[demand.accelerator] = self._head(c, demand, self._ready_at(c))
@@ -101,6 +103,17 @@ class Policy:
     def priority(self, cell: Cell) -> tuple[float, float]:
         """Sort key, most urgent first: the longest path of hours from the cell on, then its own hours."""
         return (-self.rank.get(cell.key, 0.0), -self.hours.get(cell.key, 0.0))
+
+    def _upcoming(self, ready: list[Cell], state: dict[str, str]) -> list[Cell]:
+        keys = {c.key for c in ready}
+        soon = ("done", "skipped", "running")
+        return [
+            c
+            for k, c in self.cells.items()
+            if state.get(k) == "pending"
+            and k not in keys
+            and all(state.get(d, "done") in soon for d in c.deps)
+        ]
 
     def _ready_at(self, cell: Cell) -> float:
         """When a cell's running inputs should end, by their estimates."""
@@ -286,14 +299,24 @@ def ask_autoscaler(demands: list[Demand]) -> None:
 
 
 def for_cluster(env: Any, cells: list[Cell]) -> Policy:
-    """The policy of a run on a Ray cluster: cost-model hours, live nodes, the declared cluster if any."""
+    """The policy of a run on a Ray cluster: cost-model hours, live nodes, the declared cluster if any.
+
+    What holds resources is a cell's session (the executor's session key) or the cell itself.
+    """
     from cluster.config.clusters import load_cluster
     from cluster.plan.cost import estimate
     from cluster.plan.fit import nodes_from
+    from cluster.run import registry
+    from cluster.run.sessions import session_key
+
+    def unit_of(cell: Cell) -> str:
+        kind = registry.STAGES[cell.stage].session
+        return session_key(cell, kind, env.gpu) if kind else cell.key
 
     p = env.sweep.placement
     hours = {k: e.hours for k, e in estimate(cells, env.sweep, env.catalog).items()}
     declared = nodes_from(load_cluster(p.cluster, env.catalog)) if p.cluster else None
-    policy = Policy(cells, hours, live_nodes(), declared, p.pending_timeout_s)
+    planned = [c for c in cells if c.status == "planned"]
+    policy = Policy(planned, hours, live_nodes(), declared, p.pending_timeout_s, unit_of=unit_of)
     policy.source, policy.ask = live_nodes, ask_autoscaler
     return policy
