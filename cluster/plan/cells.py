@@ -62,6 +62,10 @@ class Resources:
         """GPUs the cell holds in all."""
         return self.gpus * self.processes
 
+    def split(self, fallback_tp: int = 1) -> tuple[int, int]:
+        """(tensor parallel, pipeline parallel) of one engine; `fallback_tp` when the plan placed no GPUs."""
+        return (self.gpus // self.pp, self.pp) if self.gpus else (fallback_tp, 1)
+
 
 @dataclass(frozen=True)
 class Cell:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from cluster.config.capacity import ClusterConfig
 from cluster.config.schema import Catalog, FormatConfig, HardwareConfig, ModelConfig, SweepConfig
@@ -127,6 +128,22 @@ def compute_hardware(
     fast = [hw for hw in kinds if fmt.requires in hw.capabilities]
     roomy = [hw for hw in fast if _roomy(hw, cluster, memory_gb)]
     return (roomy or fast or kinds)[0]
+
+
+def shape_on(
+    catalog: Catalog, model: ModelConfig, fmt: FormatConfig, res: Any, cluster_file: str | None
+) -> Shape | None:
+    """The shape of an engine of `fmt` on the GPU kind `res` (a cell's Resources) was placed on, with
+    the node size of the sweep's cluster file (None: the cell was not placed on GPUs)."""
+    kinds = [h for h in catalog.hardware.values() if res.gpus and h.accelerator_type == res.accelerator]
+    if not kinds:
+        return None
+    cluster = None
+    if cluster_file:
+        from cluster.config.clusters import load_cluster
+
+        cluster = load_cluster(cluster_file, catalog)
+    return engine_shape(model, fmt, kinds[0], node_gpus(kinds[0], cluster))
 
 
 def price_per_hour(hw: HardwareConfig, gpus: int) -> float:
