@@ -1,6 +1,8 @@
 """`python -m cluster plan|run|status|report|import`: the command-line entry point.
 
-    plan SWEEP [key=value ...]          the cells, their keys, resources and status; nothing runs
+    plan SWEEP [key=value ...] [--cluster FILE] [--summary]
+                                        the cells, their keys, placement, cost (GPU-hours, $) and
+                                        status, checked against a cluster file; nothing runs
     run SWEEP [key=value ...] [--fresh] run every cell not yet committed (resume is the default)
     status [RUN_DIR]                    cells done, failed (with the error) or pending
     report [RUN_DIR] [key=value ...] [--out DIR] [--sweep FILE]
@@ -36,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("overrides", nargs="*", help="config overrides, e.g. eval.actors=2 output_root=/runs")
         if name == "run":
             sp.add_argument("--fresh", action="store_true", help="recompute every cell, committed or not")
+        else:
+            sp.add_argument("--cluster", help="a cluster file (conf/clusters/) to place and check the cells on")
+            sp.add_argument("--summary", action="store_true", help="summaries and totals only, no line per cell")
     st = sub.add_parser("status", help="list the cells of the runs under an output root")
     st.add_argument("root", nargs="?", default="runs", help="the run's output_root (default: runs)")
     rp = sub.add_parser("report", help="write the HTML report, the guideline dataset and model cards of a run")
@@ -72,18 +77,40 @@ def main(argv: list[str] | None = None) -> int:
         from serve.host import detect
 
         sweep, catalog = load_sweep(args.sweep, args.overrides)
-        host = detect()
-        cells = plan(sweep, catalog, host)
         if args.command == "plan":
-            from cluster.report.tables import plan_table
-
-            console.print(f"host: {host.describe()}")
-            console.print(plan_table(cells, f"sweep {sweep.name}: {len(cells)} cells"))
-            return 0
+            return _plan(console, sweep, catalog, args.cluster, args.summary)
+        host = detect()
+        cluster = _cluster(sweep.placement.cluster, catalog)
+        cells = plan(sweep, catalog, host, cluster)
         return _run(console, sweep, catalog, host, cells, args.fresh)
     except QuantsweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _cluster(path: str | None, catalog):
+    from cluster.config.clusters import load_cluster
+
+    return load_cluster(path, catalog) if path else None
+
+
+def _plan(console: Console, sweep, catalog, cluster_file: str | None, summary: bool) -> int:
+    """Print the costed plan; a sweep placed on GPUs is planned as the GPU cluster's driver sees it."""
+    from cluster.plan.cells import plan
+    from cluster.plan.cost import estimate
+    from cluster.plan.fit import rejections
+    from cluster.report.planview import PlanView, print_plan
+    from serve.host import detect, gpu_driver
+
+    on_gpus = bool(sweep.placement.hardware or sweep.placement.stages)
+    host = gpu_driver() if on_gpus else detect()
+    cluster = _cluster(cluster_file or sweep.placement.cluster, catalog)
+    cells = plan(sweep, catalog, host, cluster)
+    view = PlanView(cells, estimate(cells, sweep, catalog), rejections(cells, cluster) if cluster else {}, cluster)
+    where = f"GPU cluster '{cluster.name}'" if cluster else ("a GPU cluster" if on_gpus else "this host")
+    console.print(f"host: {host.describe()}; placed on {where}", markup=False)
+    print_plan(console, view, f"sweep {sweep.name}: {len(cells)} cells", per_cell=not summary)
+    return 0
 
 
 def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:

@@ -61,6 +61,7 @@ class ServedModel:
     path: str
     tensor_parallel_size: int = 1
     accelerator: str | None = None  # Ray's accelerator type (e.g. H100); None: any node
+    pipeline_parallel_size: int = 1  # nodes one replica spans (Ray Serve LLM places them)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,9 @@ def _llm_config(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: 
         extra["callback_config"] = {"callback_class": _replica_callback(), "callback_kwargs": {"uni": uni}}
     return LLMConfig(
         model_loading_config={"model_id": model.model_id, "model_source": model.path},
-        engine_kwargs=engine_kwargs(engine, dep.host, model.tensor_parallel_size, dep.cpu, executor=False),
+        engine_kwargs=engine_kwargs(
+            engine, dep.host, model.tensor_parallel_size, dep.cpu, executor=False, pp=model.pipeline_parallel_size
+        ),
         deployment_config=deployment_config(cfg),
         runtime_env={"env_vars": env},
         log_engine_metrics=False,

@@ -3,7 +3,8 @@
 Every engine quantsweep starts reads it: evaluation hosts and tuning trials (an in-process engine
 behind lm-eval's vLLM backend), Ray Serve replicas and bare `vllm serve`. On CPU machines an engine
 is bound to one core, gets its own KV-cache budget and the host's compute dtype (`serve.host`); on
-GPUs it gets `tensor_parallel_size` devices. Nothing here imports vLLM.
+GPUs it gets `tensor_parallel_size` devices on each of `pipeline_parallel_size` nodes (an engine
+larger than a node spans nodes through Ray). Nothing here imports vLLM.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def dtype(engine: EngineConfig, host: HostProfile) -> str:
 
 
 def engine_kwargs(
-    engine: EngineConfig, host: HostProfile, tp: int = 1, cpu: bool = True, executor: bool = True
+    engine: EngineConfig, host: HostProfile, tp: int = 1, cpu: bool = True, executor: bool = True, pp: int = 1
 ) -> dict[str, Any]:
     """vLLM engine arguments (`LLM`, `AsyncLLM`, `vllm serve` flags) for this config on this host.
 
@@ -40,12 +41,16 @@ def engine_kwargs(
         "seed": engine.seed,
         "tensor_parallel_size": tp,
     }
+    if pp > 1:  # only then, so the recorded arguments of single-node engines stay as they were
+        kwargs["pipeline_parallel_size"] = pp
     if not cpu:
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
     if executor:
         # One device: the engine runs in the calling process. TP > 1 uses vLLM's multiprocessing
-        # executor inside the caller (nested Ray placement groups deadlock: REFERENCE.md).
-        kwargs["distributed_executor_backend"] = "uni" if tp == 1 else "mp"
+        # executor inside the caller (nested Ray placement groups deadlock: REFERENCE.md). Across
+        # nodes vLLM's Ray executor places its workers in the caller's own placement group
+        # (cluster.eval.engine_host), so no group is nested.
+        kwargs["distributed_executor_backend"] = "ray" if pp > 1 else ("uni" if tp == 1 else "mp")
     return kwargs
 
 
@@ -57,9 +62,10 @@ def lm_eval_kwargs(
     seed: int,
     add_bos_token: bool = True,
     batch_size: str = "auto",
+    pp: int = 1,
 ) -> dict[str, Any]:
     """Keyword arguments for lm-eval's `VLLM` class: the engine's own plus lm-eval's knobs."""
-    kwargs = engine_kwargs(engine, host, tp, cpu)
+    kwargs = engine_kwargs(engine, host, tp, cpu, pp=pp)
     kwargs.pop("max_num_seqs")  # lm-eval batches itself
     return {**kwargs, "seed": seed, "add_bos_token": add_bos_token, "batch_size": batch_size}
 

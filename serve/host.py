@@ -134,6 +134,11 @@ def vllm_build() -> str:
     return "absent"
 
 
+def gpu_driver() -> HostProfile:
+    """The profile of a GPU cluster's driver (vLLM's GPU build, bf16), for planning from elsewhere."""
+    return HostProfile("avx512", False, "gpu", "", frozenset(), "bfloat16", 1)
+
+
 def detect(flags: frozenset[str] | None = None) -> HostProfile:
     """Profile this host (or one with the given processor flags)."""
     flags = cpu_flags() if flags is None else flags

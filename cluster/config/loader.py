@@ -15,6 +15,7 @@ from typing import TypeVar
 from cluster.config import schema as C
 from cluster.config import yamlsafe
 from cluster.config.checks import apply_recipe_overrides, check_catalog, check_sweep
+from cluster.config.clusters import check_placement, load_cost
 from cluster.config.merge import structured
 from cluster.config.schema import Catalog
 from cluster.errors import ConfigError
@@ -62,6 +63,7 @@ def load_catalog(conf_dir: Path | str | None = None) -> Catalog:
         use_cases=_load_table(root / "use_cases.yaml", C.UseCaseConfig),
         hardware=_load_table(root / "hardware.yaml", C.HardwareConfig),
         conf_dir=root,
+        cost=load_cost(root),
     )
     check_catalog(catalog)
     return catalog
@@ -73,6 +75,7 @@ def load_sweep(path: Path | str, overrides: list[str] | None = None) -> tuple[C.
     sweep = structured(C.SweepConfig, yamlsafe.read(Path(path)), source, overrides)
     catalog = load_catalog(sweep.conf_dir)
     check_sweep(sweep, catalog, source)
+    check_placement(sweep, catalog, source)
     apply_recipe_overrides(sweep, catalog, source)
     return sweep, catalog
 

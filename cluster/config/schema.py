@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from cluster.config.capacity import CostConfig
 from serve.config import EngineConfig, ServeConfig
 
 __all__ = ["EngineConfig", "ServeConfig"]  # re-exported: a sweep's `engine:` and `serve:` sections
@@ -137,6 +138,15 @@ class HardwareConfig:
     price_per_hour: dict[int, float] = field(default_factory=dict)  # device count -> $/hour
     accelerator_type: str | None = None  # Ray's `accelerator_type:<X>` resource of such nodes (GPUs)
     price_note: str = ""
+    # Assumptions of the plan's cost model (cluster/plan/cost.py), not measurements; they never enter
+    # a cell's key. Dense peak TFLOP/s per device by compute type (bf16, fp8, int8), HBM bandwidth,
+    # and the node size assumed when no cluster file says otherwise.
+    peak_tflops: dict[str, float] = field(default_factory=dict)
+    hbm_gbps: float = 0.0
+    gpus_per_node: int = 8
+
+
+COST_ONLY_HARDWARE_FIELDS = ("peak_tflops", "hbm_gbps", "gpus_per_node")
 
 
 @dataclass
@@ -231,6 +241,23 @@ class TuneStage:
 
 
 @dataclass
+class PlacementConfig:
+    """Where GPU cells run on a cluster, and how long a cell may wait for a node that can host it.
+
+    `hardware`: the GPU kinds (catalog names) quantize, health, evaluate, generate and tune cells
+    run on, the first one with fast kernels for the cell's format; empty: this host's CPUs (the
+    embedded local run). `stages` overrides it for quantize, evaluate (a checkpoint's engine
+    session: health, evaluate, generate) or tune, e.g. `{tune: [h100]}`. Load tests run on their
+    own `serve.hardware`.
+    """
+
+    hardware: list[str] = field(default_factory=list)
+    stages: dict[str, list[str]] = field(default_factory=dict)
+    cluster: str | None = None  # a cluster file (conf/clusters/): plan and run check cells fit it
+    pending_timeout_s: float = 1800.0  # a ready cell no live node can host fails after this
+
+
+@dataclass
 class RayOptions:
     """How to reach Ray: RAY_ADDRESS / `address` for a cluster, else an embedded local Ray."""
 
@@ -292,6 +319,7 @@ class SweepConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     ray: RayOptions = field(default_factory=RayOptions)
     run: RunOptions = field(default_factory=RunOptions)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
 
 
 @dataclass
@@ -304,3 +332,4 @@ class Catalog:
     use_cases: dict[str, UseCaseConfig]
     hardware: dict[str, HardwareConfig]
     conf_dir: Path
+    cost: CostConfig = field(default_factory=CostConfig)  # the cost model's assumptions (conf/cost.yaml)

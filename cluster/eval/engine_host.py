@@ -3,7 +3,10 @@
 A host wraps lm-eval's own vLLM backend (`lm_eval.models.vllm_causallms.VLLM`, an in-process engine),
 so each request is computed exactly as `lm_eval.simple_evaluate(model="vllm")` computes it. Loading
 another checkpoint frees the previous engine first; importing vLLM and lm-eval, most of an engine's
-start-up on a CPU machine, happens once per host. On CPU each host is bound to one core.
+start-up on a CPU machine, happens once per host. On CPU each host is bound to one core; on GPUs it
+holds its engine's tensor-parallel GPUs of the accelerator type the plan chose, or, for an engine
+that spans nodes (pipeline parallel), sits in a placement group of one bundle per GPU that vLLM's
+Ray executor fills with its workers (`engine_options`).
 """
 
 from __future__ import annotations
@@ -81,13 +84,56 @@ class EngineHost:
         return os.getpid()
 
 
+_GROUPS: dict[str, Any] = {}  # actor id -> the placement group it spans nodes with
+
+
+def engine_options(cpus: float, tp: int, pp: int, accelerator: str | None) -> tuple[dict[str, Any], Any]:
+    """Ray options for a process that runs one engine, and the placement group it needs (or None).
+
+    One node: its tp GPUs (of the accelerator type). Across nodes: a placement group of a CPU bundle
+    for the process and one single-GPU bundle per worker, packed onto as few nodes as possible;
+    the process captures it, so vLLM's Ray executor uses it instead of creating a nested one.
+    """
+    accel = {f"accelerator_type:{accelerator}": 0.001} if accelerator else {}
+    if pp <= 1:
+        return {
+            "num_cpus": cpus,
+            "num_gpus": tp,
+            **({"accelerator_type": accelerator} if accelerator else {}),
+        }, None
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = placement_group([{"CPU": cpus}] + [{"GPU": 1.0, **accel} for _ in range(tp * pp)], strategy="PACK")
+    strategy = PlacementGroupSchedulingStrategy(
+        pg, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+    )
+    return {"num_cpus": cpus, "num_gpus": 0, "scheduling_strategy": strategy}, pg
+
+
 def start_host(env: RunEnv, cell: Cell, slot: int) -> Any:
-    """One engine host actor; on CPU bound to core `slot`, on GPUs holding the checkpoint's TP GPUs."""
+    """One engine host actor; on CPU bound to core `slot`, on GPUs holding its engine's GPUs."""
     if not env.gpu:
         return cpu_host(env.sweep.engine, slot)
-    tp = env.catalog.models[cell.model].gpus.get(cell.format, 1)
-    env_vars = dict(engine_spec.IN_PROCESS_ENV) if tp == 1 else {}
-    return _actor({"num_cpus": env.sweep.eval.cpus_per_actor, "num_gpus": tp}, env_vars)
+    res = cell.resources
+    tp, pp = res.split(env.catalog.models[cell.model].gpus.get(cell.format, 1))
+    opts, pg = engine_options(env.sweep.eval.cpus_per_actor, tp, pp, res.accelerator)
+    env_vars = dict(engine_spec.IN_PROCESS_ENV) if tp * pp == 1 else {}
+    actor = _actor(opts, env_vars)
+    if pg is not None:
+        _GROUPS[actor._actor_id.hex()] = pg
+    return actor
+
+
+def stop_host(actor: Any) -> None:
+    """Kill a host and free the placement group it spanned nodes with."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    ray.kill(actor)
+    pg = _GROUPS.pop(actor._actor_id.hex(), None)
+    if pg is not None:
+        remove_placement_group(pg)
 
 
 def cpu_host(engine: EngineConfig, slot: int) -> Any:

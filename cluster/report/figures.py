@@ -17,8 +17,8 @@ from typing import Any
 
 from cluster.config.schema import ReportConfig
 from cluster.report.data import RunData
-from cluster.report.style import colours  # noqa: F401 - re-exported for the sections
 from cluster.report.pareto import Point
+from cluster.report.style import colours  # noqa: F401 - re-exported for the sections
 
 Row = dict[str, Any]
 

@@ -8,7 +8,9 @@ worker, actor or node) are retried, up to `MAX_ATTEMPTS` times.
 
 How many cells run at once: on the embedded local Ray, `run.max_parallel` (the host's cores by
 default) counting each running cell and each leased engine host as one; measurement cells (load
-tests) run alone there, with nothing beside them. On a cluster Ray's resources decide.
+tests) run alone there, with nothing beside them. On a cluster the scheduling policy decides
+(cluster/run/schedule.py: order, admission on the live nodes, cells no node can host failed with
+the reason); the hooks that call it are marked `schedule:`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from cluster.plan.cells import Cell
 from cluster.run import registry
 from cluster.run.env import CellRun, RunEnv
 from cluster.run.progress import Tally, clock, start_board
-from cluster.run.remote import one_line, remote_runner
+from cluster.run.remote import infra_errors, one_line, remote_runner
+from cluster.run.schedule import Policy, for_cluster
 from cluster.run.sessions import HostPool, Session, dead_hosts, session_key
 from cluster.store import manifest
 from cluster.store.commit import CellResult, commit
@@ -69,6 +72,7 @@ class Executor:
         self.tally = Tally(total=len(cells))
         self.board = None
         self.last_line = 0.0
+        self.policy: Policy | None = for_cluster(env, cells) if on_cluster else None  # schedule:
 
     # --- bookkeeping -------------------------------------------------------------------------------
 
@@ -133,7 +137,20 @@ class Executor:
         def order(c: Cell) -> tuple:
             return (self._session_open(c) is None, c.resources.exclusive, rank[c.stage])
 
+        if self.policy is not None:  # schedule: longest path first, with what is about to be ready
+            return self.policy.order(out, lambda c: self._session_open(c) is not None, self.state)
         return sorted(out, key=order)
+
+    def _admit(self, unit: str, cell: Cell) -> bool:
+        """schedule: room on the cluster for this cell or session (always, on the embedded Ray)."""
+        return self.policy is None or self.policy.admit(unit, cell)
+
+    def _rejected(self, cell: Cell) -> bool:
+        """schedule: fail a cell no node can host (the declared cluster at once, live nodes after a timeout)."""
+        why = self.policy.reject(cell) if self.policy is not None else ""
+        if why:
+            self._placeholder(cell, "failed", why)
+        return bool(why)
 
     def _session_open(self, cell: Cell) -> Session | None:
         kind = registry.STAGES[cell.stage].session
@@ -153,8 +170,10 @@ class Executor:
             return max(1, int(t.max_concurrent * t.cpus_per_trial))
         return 1
 
-    def _hosts(self) -> int:
-        """Engine hosts per session: eval.actors, at most what may run at once here."""
+    def _hosts(self, cell: Cell) -> int:
+        """Engine hosts per session: the plan's on a cluster, else eval.actors up to what may run here."""
+        if not self.local and cell.resources.engines:
+            return cell.resources.engines
         return max(1, min(self.env.sweep.eval.actors, self.capacity))
 
     def _measuring(self) -> bool:
@@ -169,11 +188,15 @@ class Executor:
     # --- dispatch ----------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        if self.policy is not None:
+            self.policy.tick()  # schedule: nodes joined, left or died
         for cell in self._ready():
+            if self._rejected(cell):
+                continue
             kind = registry.STAGES[cell.stage].session
             if kind:
                 self._dispatch_session_cell(cell, kind)
-            elif self._can_start(cell, self._weight(cell)):
+            elif self._can_start(cell, self._weight(cell)) and self._admit(cell.key, cell):
                 self._launch(cell, None)
 
     def _can_start(self, cell: Cell, weight: int) -> bool:
@@ -197,8 +220,10 @@ class Executor:
         key = session_key(cell, kind, self.env.gpu)
         s = self.sessions.get(key)
         if s is None:
-            n = self._hosts() if kind == "engines" else 1
+            n = self._hosts(cell) if kind == "engines" else 1
             if not self._can_open(kind, n) or (kind == "serve" and not self._members_ready(key)):
+                return
+            if not self._admit(key, cell):
                 return
             s = self._open(cell, key, kind)
         if s.busy or s.opening is not None:
@@ -218,7 +243,7 @@ class Executor:
     def _open(self, cell: Cell, key: str, kind: str) -> Session:
         s = Session(key, kind)
         if kind == "engines":
-            s.handle = self.pool.lease(key, cell, self._hosts())
+            s.handle = self.pool.lease(key, cell, self._hosts(cell))
         else:
             from cluster.stages.loadtest import open_remote
 
@@ -277,14 +302,16 @@ class Executor:
 
         if r.session is not None:
             r.session.busy = False
+        elif self.policy is not None:
+            self.policy.release(r.cell.key)  # schedule: a retry is admitted again
         try:
             result = ray.get(ref)
         except (RayActorError, WorkerCrashedError) as exc:
             return self._lost(r, exc)
         except RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
-            if isinstance(cause, RayActorError) and r.session is not None:
-                return self._lost(r, cause)
+            if isinstance(cause, RayActorError) and r.session is not None or isinstance(cause, infra_errors()):
+                return self._lost(r, cause)  # a dead host, node or object inside the cell: retried
             return self._failed(r, cause)
         except Exception as exc:  # lost objects, node deaths: infrastructure
             return self._lost(r, exc)
@@ -322,6 +349,8 @@ class Executor:
 
     def _close(self, s: Session) -> None:
         self.sessions.pop(s.key, None)
+        if self.policy is not None:
+            self.policy.release(s.key)  # schedule:
         if s.kind == "engines":
             self.pool.release(s.key)
         elif s.handle is not None and not self.env.sweep.serve.keep:
@@ -368,7 +397,8 @@ class Executor:
             while self._pending() or self.running:
                 self._settle()
                 self._dispatch()
-                if not self.running and self._pending() and self._stuck():
+                waiting = self.policy is not None and self.policy.waiting()  # schedule: nodes may still join
+                if not self.running and self._pending() and not waiting and self._stuck():
                     for c in self._pending():
                         self._placeholder(c, "failed", "could not be scheduled")
                     break

@@ -67,33 +67,33 @@ class HostPool:
 
     def replace(self, key: str, dead: set[int], cell: Cell) -> list[Any]:
         """Swap the session's dead hosts (by index) for new ones; return the session's hosts."""
-        import ray
+        from cluster.eval.engine_host import stop_host
 
         hosts = self.leased[key]
         for i in dead:
             slot, actor = hosts[i]
-            ray.kill(actor)
+            stop_host(actor)
             hosts[i] = (slot, self._new(slot, cell))
         return [a for _, a in hosts]
 
     def release(self, key: str) -> None:
         """Return a session's hosts: to the idle list on CPU, killed on GPU."""
-        import ray
+        from cluster.eval.engine_host import stop_host
 
         for slot, actor in self.leased.pop(key, []):
             if self.env.gpu:
-                ray.kill(actor)
+                stop_host(actor)
             else:
                 self.idle.append((slot, actor))
 
     def close(self) -> None:
         """Kill every host."""
-        import ray
+        from cluster.eval.engine_host import stop_host
 
         for key in list(self.leased):
             self.release(key)
         for _, actor in self.idle:
-            ray.kill(actor)
+            stop_host(actor)
         self.idle.clear()
 
 

@@ -28,8 +28,8 @@ def engine_kwargs(cr: CellRun) -> dict[str, Any]:
     from serve.engine import lm_eval_kwargs
 
     env, ev = cr.env, cr.env.sweep.eval
-    tp = env.catalog.models[cr.cell.model].gpus.get(cr.cell.format, 1) if env.gpu else 1
-    return lm_eval_kwargs(env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size)
+    tp, pp = cr.cell.resources.split(env.catalog.models[cr.cell.model].gpus.get(cr.cell.format, 1)) if env.gpu else (1, 1)
+    return lm_eval_kwargs(env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size, pp)
 
 
 def load_on_hosts(hosts: list[Any], path: str, kwargs: dict[str, Any]) -> dict[str, Any]:

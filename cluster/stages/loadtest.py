@@ -35,9 +35,10 @@ def _served(env: RunEnv, cell: Any, path: str) -> Any:
     from serve.app import ServedModel
 
     hw = env.catalog.hardware[cell.hardware]
-    tp = 1 if hw.kind == "cpu" else device_count(env.catalog.models[cell.model], env.catalog.formats[cell.format], hw)
+    n = device_count(env.catalog.models[cell.model], env.catalog.formats[cell.format], hw)
+    tp, pp = (1, 1) if hw.kind == "cpu" else cell.resources.split(n)  # as the plan placed it
     accel = hw.accelerator_type if hw.kind == "gpu" else None
-    return ServedModel(model_id(cell.model, cell.format), path, tp, accel)
+    return ServedModel(model_id(cell.model, cell.format), path, tp, accel, pp)
 
 
 def _deployment(env: RunEnv, served: list[Any], hardware: str) -> Any:
@@ -83,6 +84,7 @@ def _base(cr: CellRun) -> dict[str, Any]:
     env, c = cr.env, cr.cell
     hw, uc = env.catalog.hardware[c.hardware], env.catalog.use_cases[c.use_case]
     n = device_count(env.catalog.models[c.model], env.catalog.formats[c.format], hw)
+    tp, pp = (1, 1) if hw.kind == "cpu" else c.resources.split(n)
     scale = env.sweep.serve.token_scale
     from serve import app
     from serve.engine import engine_kwargs
@@ -93,7 +95,7 @@ def _base(cr: CellRun) -> dict[str, Any]:
         "price_per_hour": hw.price_per_hour.get(n),
         "prompt_tokens": max(1, round(uc.prompt_tokens * scale)), "output_tokens": max(1, round(uc.output_tokens * scale)),
         "engine_args": json.dumps(
-            engine_kwargs(env.sweep.engine, env.host, 1 if hw.kind == "cpu" else n, hw.kind == "cpu", executor=False),
+            engine_kwargs(env.sweep.engine, env.host, tp, hw.kind == "cpu", executor=False, pp=pp),
             sort_keys=True),
         "deployment_config": deployment,
     }

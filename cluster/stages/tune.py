@@ -65,7 +65,7 @@ def first_docs(sizes: dict[str, int], start: int, stop: int | None) -> dict[str,
     return {t: list(range(min(start, n), n if stop is None else min(stop, n))) for t, n in sizes.items()}
 
 
-def open_lm(env: RunEnv, path: str, tp: int):
+def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
     """lm-eval's vLLM backend with an engine inside this process (a trial's or a task's).
 
     On CPU the engine runs in this process, bound to one core (trial processes are reused, so a
@@ -79,7 +79,7 @@ def open_lm(env: RunEnv, path: str, tp: int):
     from lm_eval.models.vllm_causallms import VLLM
 
     ev = env.sweep.eval
-    kwargs = lm_eval_kwargs(env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size)
+    kwargs = lm_eval_kwargs(env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size, pp)
     return VLLM(pretrained=path, **kwargs)
 
 
@@ -96,11 +96,13 @@ def evaluate_docs(env: RunEnv, lm, suite: SuiteConfig, include: str | None, pick
     return docs_of(out, suite)
 
 
-def measure(env: RunEnv, path: str, suite: SuiteConfig, include: str | None, budget: int | None, tp: int) -> Docs:
+def measure(
+    env: RunEnv, path: str, suite: SuiteConfig, include: str | None, budget: int | None, tp: int, pp: int = 1
+) -> Docs:
     """Per-document values of one checkpoint on a suite's first `budget` documents (a Ray task)."""
     from cluster.eval.harness import task_sizes
 
-    lm = open_lm(env, path, tp)
+    lm = open_lm(env, path, tp, pp)
     sizes = task_sizes([t.name for t in suite.tasks], include)
     return evaluate_docs(env, lm, suite, include, first_docs(sizes, 0, budget))
 
@@ -194,8 +196,32 @@ def _tp(env: RunEnv, cell) -> tuple[int, float]:
     """(tensor-parallel size, GPUs per trial): a trial owns every GPU its engine shards over."""
     if not env.gpu:
         return 1, 0
+    if cell.resources.gpus:  # placed by the plan (cluster.plan.placement): one node per trial
+        return cell.resources.gpus, cell.resources.gpus
     tp = env.catalog.models[cell.model].gpus.get(cell.format, 1)
     return tp, max(env.sweep.tune.gpus_per_trial, tp)
+
+
+def _trial_resources(env: RunEnv, cell) -> dict[str, float]:
+    """One trial's Ray resources: CPUs, its GPUs of the placed accelerator type, host memory to quantize."""
+    res = cell.resources
+    out = {"cpu": env.sweep.tune.cpus_per_trial, "gpu": _tp(env, cell)[1]}
+    if env.gpu and res.gpus and res.accelerator:
+        out[f"accelerator_type:{res.accelerator}"] = 0.001
+    if res.memory_gb:
+        out["memory"] = res.memory_gb * 1e9
+    return out
+
+
+def _engine_of(env: RunEnv, cell, fmt: str) -> tuple[int, int]:
+    """(tp, pp) of an engine of `fmt` beside the trials: on the plan's GPU kind, spanning nodes if need be."""
+    from cluster.plan.placement import shape_on
+
+    model = env.catalog.models[cell.model]
+    if not env.gpu:
+        return 1, 1
+    shape = shape_on(env.catalog, model, env.catalog.formats[fmt], cell.resources, env.sweep.placement.cluster)
+    return (shape.tp, shape.pp) if shape else (model.gpus.get(fmt, 1), 1)
 
 
 def _measure_remote(cr: CellRun, jobs: list[tuple[str, SuiteConfig, str | None, int | None]], baseline: bool) -> list[Docs]:
@@ -205,17 +231,27 @@ def _measure_remote(cr: CellRun, jobs: list[tuple[str, SuiteConfig, str | None, 
     """
     import ray
 
+    from cluster.eval.engine_host import engine_options
     from serve.engine import IN_PROCESS_ENV, cpu_env
 
     env, t = cr.env, cr.env.sweep.tune
-    refs = []
+    refs, groups = [], []
     for i, (path, suite, include, budget) in enumerate(jobs):
         fmt = env.sweep.baseline if baseline or i > 0 else cr.cell.format
-        tp = env.catalog.models[cr.cell.model].gpus.get(fmt, 1) if env.gpu else 1
+        tp, pp = _engine_of(env, cr.cell, fmt)
         env_vars = {} if env.gpu else {**IN_PROCESS_ENV, **cpu_env(env.sweep.engine, core=i)}
-        fn = ray.remote(num_cpus=t.cpus_per_trial, num_gpus=tp if env.gpu else 0, max_calls=1)(measure)
-        refs.append(fn.options(runtime_env={"env_vars": env_vars}).remote(env, path, suite, include, budget, tp))
-    return ray.get(refs)
+        accel = cr.cell.resources.accelerator if env.gpu else None
+        opts, pg = engine_options(t.cpus_per_trial, tp if env.gpu else 0, pp, accel)
+        groups += [pg] if pg is not None else []
+        fn = ray.remote(max_calls=1)(measure).options(runtime_env={"env_vars": env_vars}, **opts)
+        refs.append(fn.remote(env, path, suite, include, budget, tp, pp))
+    try:
+        return ray.get(refs)
+    finally:
+        from ray.util.placement_group import remove_placement_group
+
+        for pg in groups:
+            remove_placement_group(pg)
 
 
 def _cached_docs(path: Path, compute) -> Docs:
@@ -237,12 +273,13 @@ def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
     from ray import tune
 
     t = cr.env.sweep.tune
-    fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), {"cpu": t.cpus_per_trial, "gpu": _tp(cr.env, cr.cell)[1]})
+    fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), _trial_resources(cr.env, cr.cell))
     if t.resume and tune.Tuner.can_restore(str(path)):
         cr.report("resuming the interrupted search (finished trials are kept)")
         return tune.Tuner.restore(str(path), trainable=fn, resume_unfinished=True, resume_errored=True)
     # reuse_actors: a trial process imports llmcompressor, vLLM and lm-eval once, not once per trial
-    config = tune.TuneConfig(metric="recovery", mode="max", num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent,
+    at_once = cr.cell.resources.trials or t.max_concurrent  # the plan's: what the scheduler holds for it
+    config = tune.TuneConfig(metric="recovery", mode="max", num_samples=t.num_samples, max_concurrent_trials=at_once,
                              search_alg=_search_alg(t), scheduler=_scheduler(t), reuse_actors=True)
     run = tune.RunConfig(name=path.name, storage_path=str(path.parent), callbacks=[_progress_callback(cr)])
     return tune.Tuner(fn, param_space=_param_space(t), tune_config=config, run_config=run)

@@ -1,0 +1,159 @@
+"""The scheduling policy (cluster/run/schedule.py) on hand-made cells and nodes: order, best-fit
+admission, reservations that keep a two-node job from starving, feasibility, nodes that leave;
+the schedule simulator on the full study; and `plan --cluster` with its rejections."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.plan.cells import Cell, Resources
+from cluster.plan.fit import Node
+from cluster.run.schedule import Policy
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+H100 = "H100"
+
+
+def cell(
+    key: str, gpus: int = 1, deps: tuple[str, ...] = (), pp: int = 1, engines: int = 0, mem: float = 0
+) -> Cell:
+    res = Resources(
+        cpus=1, gpus=gpus, pp=pp, accelerator=H100 if gpus else None, engines=engines, memory_gb=mem
+    )
+    return Cell("quantize", key, key=key, deps=deps, resources=res)
+
+
+def nodes(n: int = 2, gpus: int = 8, mem: float = 1000) -> list[Node]:
+    return [Node(f"n{i}", H100, gpus, 32, mem) for i in range(n)]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_longest_path_first_and_open_sessions_before_anything():
+    a, b, c = cell("a"), cell("b"), cell("c", deps=("b",))
+    p = Policy([a, b, c], {"a": 5.0, "b": 1.0, "c": 9.0}, nodes())
+    assert [x.key for x in p.order([a, b])] == ["b", "a"]  # b leads to c: 10 h of path vs 5
+    assert [x.key for x in p.order([a, b], live=lambda x: x.key == "a")] == ["a", "b"]
+
+
+def test_best_fit_keeps_a_whole_node_free_for_an_engine_that_needs_it():
+    small, other, whole = cell("s", 1), cell("o", 2), cell("w", 8)
+    p = Policy([small, other, whole], {}, nodes())
+    assert p.admit("s", small) and p.admit("o", other)
+    assert {name for name, *_ in p.grants["o"]} == {name for name, *_ in p.grants["s"]}  # packed together
+    assert p.admit("w", whole)
+
+
+def test_a_two_node_engine_gets_a_reservation_that_long_small_work_cannot_take():
+    clock = Clock()
+    run1, run2, big, long, short = (
+        cell("r1", 4),
+        cell("r2", 8),
+        cell("big", 16, pp=2),
+        cell("long", 4),
+        cell("short", 4),
+    )
+    hours = {"r1": 1.0, "r2": 2.0, "big": 10.0, "long": 5.0, "short": 0.5}
+    p = Policy([run1, run2, big, long, short], hours, nodes(), clock=clock)
+    assert p.admit("r1", run1) and p.admit("r2", run2)  # n0: 4 of 8 taken, n1: full
+    ready = p.order([big, long, short])
+    assert [x.key for x in ready] == ["big", "long", "short"]
+    assert not p.admit("big", big)  # needs both nodes whole: reserved for when r2 ends (2 h)
+    assert not p.admit("long", long)  # would hold n0 past the reservation
+    assert p.admit("short", short)  # ends in 0.5 h, before it: backfilled
+
+
+def test_work_about_to_be_ready_is_not_crowded_out():
+    clock = Clock()
+    dep, later, filler = cell("dep", 0), cell("later", 16, deps=("dep",), pp=2), cell("filler", 8)
+    hours = {"dep": 0.2, "later": 20.0, "filler": 5.0}
+    p = Policy([dep, later, filler], hours, nodes(), clock=clock)
+    assert p.admit("dep", dep)
+    state = {"dep": "running", "later": "pending", "filler": "pending"}
+    p.order([filler], state=state)
+    assert not p.admit("filler", filler)  # `later` is ready in 0.2 h and needs both nodes
+
+
+def test_the_declared_cluster_rejects_at_once_and_live_nodes_after_the_timeout():
+    clock = Clock()
+    huge, fits = cell("huge", 16), cell("fits", 8)  # 16 GPUs on one node: never
+    p = Policy([huge, fits], {}, nodes(), declared=nodes(), clock=clock)
+    assert "one engine needs 16 GPUs on a node; H100 nodes have 8" in p.reject(huge)
+    assert p.reject(fits) == ""
+    live = Policy([huge], {}, nodes(), timeout_s=30, clock=clock)
+    assert live.reject(huge) == "" and live.waiting()
+    clock.t = 31
+    assert "no node able to host it joined within 30s" in live.reject(huge) and not live.waiting()
+
+
+def test_host_memory_is_part_of_the_fit():
+    q = cell("q", 1, mem=852)
+    p = Policy([q], {}, [Node("small", H100, 8, 32, 601), Node("big", H100, 8, 32, 1503)])
+    assert p.admit("q", q) and p.grants["q"][0][0] == "big"
+    assert "852 GB host memory" in Policy(
+        [q], {}, [Node("small", H100, 8, 32, 601)], declared=[Node("small", H100, 8, 32, 601)]
+    ).reject(q)
+
+
+def test_a_node_that_leaves_takes_its_grants_elsewhere():
+    a, b = cell("a", 8), cell("b", 8)
+    p = Policy([a, b], {}, nodes(3))
+    assert p.admit("a", a) and p.admit("b", b)
+    gone = p.grants["a"][0][0]
+    p.refresh([n for n in nodes(3) if n.name != gone])
+    assert p.grants["a"] and p.grants["a"][0][0] != gone
+    assert sum(n.free_gpus for n in p.nodes.values()) == 0  # both held on the two nodes left
+
+
+def test_the_study_replays_within_a_fifth_of_its_lower_bound_and_beats_plain_greedy():
+    sys.path.insert(0, str(REPO / "bench"))
+    from schedule_sim import Greedy, replay
+
+    from cluster.config.clusters import load_cluster
+    from cluster.config.loader import load_sweep
+    from cluster.plan.cells import plan
+    from cluster.plan.cost import estimate
+    from serve.host import gpu_driver
+
+    sweep, catalog = load_sweep(REPO / "sweeps" / "full_family.yaml")
+    cluster = load_cluster(REPO / "conf" / "clusters" / "study.yaml", catalog)
+    cells = plan(sweep, catalog, gpu_driver(), cluster)
+    est = estimate(cells, sweep, catalog)
+    ours, greedy = replay(cells, est, cluster), replay(cells, est, cluster, Greedy)
+    assert not ours.failed
+    assert 1.0 <= ours.ratio < 1.15 and ours.makespan_h < greedy.makespan_h
+
+
+def test_plan_cluster_prints_costs_and_rejections_with_reasons(tmp_path, capsys):
+    from cluster.__main__ import main
+
+    assert (
+        main(["plan", "sweeps/full_family.yaml", "--cluster", "conf/clusters/study.yaml", "--summary"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "GPU·h:" in out and "makespan lower bound on 'study'" in out and "rejected" not in out
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        "name: small\nnodes:\n  - {name: h100, count: 1, gpus: 8, accelerator_type: H100, memory_gib: 1400}\n"
+    )
+    assert main(["plan", "sweeps/full_family.yaml", "--cluster", str(small)]) == 0
+    out = capsys.readouterr().out
+    assert "no A100 nodes (GPU kinds: H100)" in out and "no RTX-A6000 nodes" in out
+    assert "blocked: a cell it needs is infeasible" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nnodes:\n  - {name: x, gpus: 8, accelerator_type: A6000}\n")
+    assert main(["plan", "sweeps/full_family.yaml", "--cluster", str(bad)]) == 2
+    assert (
+        "accelerator_type 'A6000' is not one of conf/hardware.yaml's (A100, H100, RTX-A6000)"
+        in capsys.readouterr().err
+    )
