@@ -53,7 +53,9 @@ def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, o
     model = app.ServedModel("tiny", str(assets.model_dir))
     ingress, interval = VARIANTS.get(variant, ("haproxy", None))
     cfg = dataclasses.replace(sweep.serve, port=PROXY_PORT, ingress=ingress)
-    spec = app.Deployment((model,), cpu=True, host=detect(), app_name="bench", stream_batching_interval_ms=interval)
+    spec = app.Deployment(
+        (model,), cpu=True, host=detect(), app_name="bench", stream_batching_interval_ms=interval
+    )
     prompts = loadgen.make_prompts(400, prompt_tokens, requests + 8, seed=0)
 
     def load(url: str) -> dict:

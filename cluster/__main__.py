@@ -39,20 +39,32 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             sp.add_argument("--fresh", action="store_true", help="recompute every cell, committed or not")
         else:
-            sp.add_argument("--cluster", help="a cluster file (conf/clusters/) to place and check the cells on")
-            sp.add_argument("--summary", action="store_true", help="summaries and totals only, no line per cell")
+            sp.add_argument(
+                "--cluster", help="a cluster file (conf/clusters/) to place and check the cells on"
+            )
+            sp.add_argument(
+                "--summary", action="store_true", help="summaries and totals only, no line per cell"
+            )
     st = sub.add_parser("status", help="list the cells of the runs under an output root")
     st.add_argument("root", nargs="?", default="runs", help="the run's output_root (default: runs)")
-    rp = sub.add_parser("report", help="write the HTML report, the guideline dataset and model cards of a run")
+    rp = sub.add_parser(
+        "report", help="write the HTML report, the guideline dataset and model cards of a run"
+    )
     rp.add_argument("root", nargs="?", default="runs", help="the run's output_root (default: runs)")
-    rp.add_argument("overrides", nargs="*", help="report config overrides, e.g. recovery_floor=98 slo.ttft_ms=500")
+    rp.add_argument(
+        "overrides", nargs="*", help="report config overrides, e.g. recovery_floor=98 slo.ttft_ms=500"
+    )
     rp.add_argument("--out", help="where the report goes (default: RUN_DIR/report)")
     rp.add_argument("--sweep", dest="sweep_file", help="judge by this sweep file's report: section")
     im = sub.add_parser("import", help="import published or external results (CSV) into a run's datasets")
     im.add_argument("results", nargs="+", help="CSV files in the layout README.md documents")
     im.add_argument("--root", default="runs", help="the output root to write into (default: runs)")
-    im.add_argument("--sweep", help="the sweep name of the imported rows (default: import-<first file's stem>)")
-    im.add_argument("--source", help="where the numbers come from (default: each file's source column, else its path)")
+    im.add_argument(
+        "--sweep", help="the sweep name of the imported rows (default: import-<first file's stem>)"
+    )
+    im.add_argument(
+        "--source", help="where the numbers come from (default: each file's source column, else its path)"
+    )
     return p
 
 
@@ -106,7 +118,9 @@ def _plan(console: Console, sweep, catalog, cluster_file: str | None, summary: b
     host = gpu_driver() if on_gpus else detect()
     cluster = _cluster(cluster_file or sweep.placement.cluster, catalog)
     cells = plan(sweep, catalog, host, cluster)
-    view = PlanView(cells, estimate(cells, sweep, catalog), rejections(cells, cluster) if cluster else {}, cluster)
+    view = PlanView(
+        cells, estimate(cells, sweep, catalog), rejections(cells, cluster) if cluster else {}, cluster
+    )
     where = f"GPU cluster '{cluster.name}'" if cluster else ("a GPU cluster" if on_gpus else "this host")
     console.print(f"host: {host.describe()}; placed on {where}", markup=False)
     print_plan(console, view, f"sweep {sweep.name}: {len(cells)} cells", per_cell=not summary)
@@ -125,12 +139,17 @@ def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
 
     check_tasks(sweep, catalog)  # before anything is written or started
     root = Path(sweep.output_root).resolve()
-    resolved = {"sweep": asdict(sweep), "models": {m: asdict(catalog.models[m]) for m in sweep.models},
-                "formats": {f: asdict(catalog.formats[f]) for f in sweep.formats}}
+    resolved = {
+        "sweep": asdict(sweep),
+        "models": {m: asdict(catalog.models[m]) for m in sweep.models},
+        "formats": {f: asdict(catalog.formats[f]) for f in sweep.formats},
+    }
     prov = Provenance(config_hash(resolved), git_sha(REPO_ROOT), sweep.seed)
     root.mkdir(parents=True, exist_ok=True)
     manifest.write_plan(root, sweep.name, prov.run_id, host.describe(), cells)
-    console.log(f"sweep {sweep.name}: {len(cells)} cells, run {prov.run_id}, host {host.describe()}, outputs under {root}")
+    console.log(
+        f"sweep {sweep.name}: {len(cells)} cells, run {prov.run_id}, host {host.describe()}, outputs under {root}"
+    )
     env = RunEnv(sweep, catalog, str(root), host, prov, gpu=host.vllm_build == "gpu")
     if not fresh and all(manifest.is_committed(root, c.key) for c in cells):
         console.log(f"all {len(cells)} cells already committed; nothing to run (--fresh recomputes them)")
@@ -139,14 +158,18 @@ def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
         summary = Executor(env, cells, console, fresh, init_ray(sweep)).run()
     print_report(console, root, sweep.name)
     _report_after_run(console, root, sweep.report)
-    console.print(f"datasets under {root / 'datasets'}; cells: {summary.done} done, {summary.skipped} skipped, "
-                  f"{len(summary.failed)} failed ({summary.resumed} already committed before this run)")
+    console.print(
+        f"datasets under {root / 'datasets'}; cells: {summary.done} done, {summary.skipped} skipped, "
+        f"{len(summary.failed)} failed ({summary.resumed} already committed before this run)"
+    )
     for label in summary.failed:
         console.print(f"failed: {label}", markup=False)
     return 1 if summary.failed else 0
 
 
-def _report(console: Console, root_arg: str, overrides: list[str], out: str | None, sweep_file: str | None) -> int:
+def _report(
+    console: Console, root_arg: str, overrides: list[str], out: str | None, sweep_file: str | None
+) -> int:
     from cluster.config.reportcfg import resolve
     from cluster.errors import ConfigError
     from cluster.report.build import build, print_summary
@@ -170,8 +193,10 @@ def _report_after_run(console: Console, root: Path, cfg) -> None:
     except QuantsweepError as exc:
         console.print(f"no report: {exc}", markup=False)
     except Exception as exc:  # a report bug must not fail a run whose cells all committed
-        console.print(f"report failed ({type(exc).__name__}: {exc}); rerun: python -m cluster report {root}",
-                      markup=False)
+        console.print(
+            f"report failed ({type(exc).__name__}: {exc}); rerun: python -m cluster report {root}",
+            markup=False,
+        )
 
 
 def _import(console: Console, args: argparse.Namespace) -> int:
@@ -198,8 +223,13 @@ def _status(console: Console, root: Path) -> int:
             state = m["status"] if m else "pending"
             info = (m.get("error") or m.get("note") or "") if m else ""
             rows.append((cell, state, info))
-        counts = {s: sum(1 for _, st, _ in rows if st == s) for s in ("done", "skipped", "failed", "blocked", "pending")}
-        title = f"sweep {snap['sweep']} (run {snap['run_id']}): " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        counts = {
+            s: sum(1 for _, st, _ in rows if st == s)
+            for s in ("done", "skipped", "failed", "blocked", "pending")
+        }
+        title = f"sweep {snap['sweep']} (run {snap['run_id']}): " + ", ".join(
+            f"{n} {s}" for s, n in counts.items() if n
+        )
         console.print(status_table(rows, title))
     return 0
 

@@ -137,7 +137,12 @@ def _llm_config(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: 
     return LLMConfig(
         model_loading_config={"model_id": model.model_id, "model_source": model.path},
         engine_kwargs=engine_kwargs(
-            engine, dep.host, model.tensor_parallel_size, dep.cpu, executor=False, pp=model.pipeline_parallel_size
+            engine,
+            dep.host,
+            model.tensor_parallel_size,
+            dep.cpu,
+            executor=False,
+            pp=model.pipeline_parallel_size,
         ),
         deployment_config=deployment_config(cfg),
         runtime_env={"env_vars": env},
@@ -187,7 +192,9 @@ def _check(cfg: ServeConfig) -> None:
         )
 
 
-def start(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, timeout_s: float = 600.0) -> dict[str, str]:
+def start(
+    cfg: ServeConfig, engine: EngineConfig, dep: Deployment, timeout_s: float = 600.0
+) -> dict[str, str]:
     """Deploy and wait until every model answers; return each model id's OpenAI base URL."""
     _check(cfg)
     from ray import serve
@@ -203,7 +210,9 @@ def start(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, timeout_s: fl
     else:
         # every app at once: their replicas start side by side instead of one after another
         targets = [
-            serve.RunTarget(_direct_app(_llm_config(cfg, engine, dep, m)), name=name, route_prefix=f"/{m.model_id}")
+            serve.RunTarget(
+                _direct_app(_llm_config(cfg, engine, dep, m)), name=name, route_prefix=f"/{m.model_id}"
+            )
             for name, m in zip(app_names(cfg, dep), dep.models, strict=True)
         ]
         serve.run_many(targets, wait_for_applications_running=False)
@@ -248,4 +257,3 @@ def stop(cfg: ServeConfig, dep: Deployment, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and set(names) & set(serve.status().applications):
         time.sleep(1)
-

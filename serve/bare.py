@@ -23,7 +23,9 @@ from serve.engine import cpu_env, engine_kwargs
 REPO = str(Path(__file__).resolve().parent.parent)
 
 
-def command(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: ServedModel, port: int) -> list[str]:
+def command(
+    cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: ServedModel, port: int
+) -> list[str]:
     """The `vllm serve` command line for one checkpoint with the config's engine arguments."""
     cmd = [
         sys.executable,
@@ -48,7 +50,12 @@ def command(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: Serv
 
 @contextmanager
 def vllm_serve(
-    cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: ServedModel, port: int, timeout_s: float = 600
+    cfg: ServeConfig,
+    engine: EngineConfig,
+    dep: Deployment,
+    model: ServedModel,
+    port: int,
+    timeout_s: float = 600,
 ) -> Iterator[str]:
     """Run `vllm serve` until the block ends; yield its base URL once it answers."""
     env = dict(os.environ)

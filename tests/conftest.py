@@ -73,7 +73,9 @@ def tiny_reference(tiny, ray_local):
 
     env = {**IN_PROCESS_ENV, **cpu_env(EngineConfig(), core=0)}
     fn = ray_local.remote(num_cpus=1, max_calls=1)(reference_evaluate).options(runtime_env={"env_vars": env})
-    return ray_local.get(fn.remote(str(tiny.model_dir), lm_kwargs(), TINY_TASKS, str(tiny.tasks_dir), None, 1234))
+    return ray_local.get(
+        fn.remote(str(tiny.model_dir), lm_kwargs(), TINY_TASKS, str(tiny.tasks_dir), None, 1234)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +101,10 @@ def smoke(tmp_path_factory, organism_assets):
     (out / "cache").symlink_to(organism_assets.root.parent)  # the organism is built once per session
     proc = subprocess.run(
         [sys.executable, "-m", "cluster", "run", "sweeps/smoke.yaml", f"output_root={out}"],
-        cwd=REPO, capture_output=True, text=True, timeout=1500,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout

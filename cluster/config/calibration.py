@@ -38,7 +38,11 @@ def row_text(row: Any) -> str | None:
     if isinstance(row.get("text"), str):
         return row["text"]
     msgs = row.get("messages")
-    if isinstance(msgs, list) and msgs and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs):
+    if (
+        isinstance(msgs, list)
+        and msgs
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+    ):
         return "\n".join(m["content"] for m in msgs)
     if isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str):
         middle = f"\n{row['input']}" if isinstance(row.get("input"), str) and row["input"] else ""
@@ -96,7 +100,10 @@ def check_prompts_file(source: str, where: str) -> None:
         rows = _jsonl_rows(path, where)
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: '{path}' is not UTF-8 text") from None
-    bad = next((n for n, r in enumerate(rows, 1) if not (isinstance(r, dict) and isinstance(r.get("prompt"), str))), 0)
+    bad = next(
+        (n for n, r in enumerate(rows, 1) if not (isinstance(r, dict) and isinstance(r.get("prompt"), str))),
+        0,
+    )
     if not rows or bad:
         raise ConfigError(f"{where}: '{path}' row {bad or 1} needs a string 'prompt'")
 

@@ -178,7 +178,9 @@ def check_sweep(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     for name, mpath in sweep.model_paths.items():
         _known([name], {m: 1 for m in sweep.models}, source, "model_paths")
         if not (Path(mpath) / "config.json").is_file():
-            raise ConfigError(f"{source}: model_paths.{name}: '{mpath}' is not a model directory (no config.json)")
+            raise ConfigError(
+                f"{source}: model_paths.{name}: '{mpath}' is not a model directory (no config.json)"
+            )
     for name in sweep.models:
         _check_sweep_model(sweep, catalog.models[name], source)
     _check_run(sweep, source)
@@ -201,7 +203,9 @@ def _check_sweep_model(sweep: C.SweepConfig, model: C.ModelConfig, source: str) 
     _check_builder_args(model, source)
     if model.path and not model.builder and model.name not in sweep.model_paths:
         if not (Path(model.path) / "config.json").is_file():
-            raise ConfigError(f"model '{model.name}': path '{model.path}' is not a model directory (no config.json)")
+            raise ConfigError(
+                f"model '{model.name}': path '{model.path}' is not a model directory (no config.json)"
+            )
     if model.instruct_dataset and not model.builder:
         check_calibration_file(model.instruct_dataset, f"{source}: model '{model.name}': instruct_dataset")
 
@@ -218,7 +222,9 @@ def _check_builder_args(model: C.ModelConfig, source: str) -> None:
         raise ConfigError(f"{source}: model '{model.name}' has builder_args but no builder")
     unknown = sorted(set(model.builder_args) - {f.name for f in fields(spec)})
     if unknown:
-        raise ConfigError(f"{source}: model '{model.name}': builder_args {unknown} are not {spec.__name__} fields")
+        raise ConfigError(
+            f"{source}: model '{model.name}': builder_args {unknown} are not {spec.__name__} fields"
+        )
 
 
 def _check_run(sweep: C.SweepConfig, source: str) -> None:
@@ -277,7 +283,9 @@ def check_serve(sv: ServeConfig, source: str) -> None:
     if sv.host not in LOOPBACK and not sv.api_key:
         raise ConfigError(f"{source}: serve.api_key is required when serve.host is '{sv.host}'")
     if sv.host not in LOOPBACK and sv.ingress == "proxy":
-        raise ConfigError(f"{source}: serve.ingress 'proxy' cannot check an API key; bind loopback or use 'haproxy'")
+        raise ConfigError(
+            f"{source}: serve.ingress 'proxy' cannot check an API key; bind loopback or use 'haproxy'"
+        )
     _check_autoscaling(sv, source)
 
 
@@ -293,7 +301,9 @@ def _check_autoscaling(sv: ServeConfig, source: str) -> None:
             f"{key}: min_replicas must be >= 0 and max_replicas >= 1, got {a.min_replicas}, {a.max_replicas}"
         )
     if a.min_replicas > a.max_replicas:
-        raise ConfigError(f"{key}: min_replicas ({a.min_replicas}) must not exceed max_replicas ({a.max_replicas})")
+        raise ConfigError(
+            f"{key}: min_replicas ({a.min_replicas}) must not exceed max_replicas ({a.max_replicas})"
+        )
     if a.target_ongoing_requests <= 0:
         raise ConfigError(f"{key}.target_ongoing_requests must be > 0, got {a.target_ongoing_requests}")
     if a.upscale_delay_s < 0 or a.downscale_delay_s < 0:
@@ -349,13 +359,19 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     if t.validation_suite is not None:
         _known([t.validation_suite], catalog.suites, source, "tune.validation_suite")
         if t.validation_suite == t.suite:
-            raise ConfigError(f"{source}: tune.validation_suite must differ from tune.suite (a held-out check)")
+            raise ConfigError(
+                f"{source}: tune.validation_suite must differ from tune.suite (a held-out check)"
+            )
     choice(t.search, C.SEARCHES, source, "tune.search")
     choice(t.scheduler, C.SCHEDULERS, source, "tune.scheduler")
     if t.rungs and t.limit is not None:
-        raise ConfigError(f"{source}: set tune.rungs or tune.limit, not both (the last rung is the full budget)")
+        raise ConfigError(
+            f"{source}: set tune.rungs or tune.limit, not both (the last rung is the full budget)"
+        )
     if any(r <= 0 for r in t.rungs) or list(t.rungs) != sorted(set(t.rungs)):
-        raise ConfigError(f"{source}: tune.rungs must be strictly increasing positive sample counts, got {t.rungs}")
+        raise ConfigError(
+            f"{source}: tune.rungs must be strictly increasing positive sample counts, got {t.rungs}"
+        )
     if t.scheduler == "asha" and len(t.rungs) < 2:
         raise ConfigError(f"{source}: tune.scheduler 'asha' needs at least two tune.rungs")
     _bound(source, "tune.reduction_factor", t.reduction_factor, 2)

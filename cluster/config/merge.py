@@ -75,5 +75,3 @@ def parse_overrides(overrides: list[str], source: str) -> list[tuple[str, Any]]:
             raise ConfigError(f"{source}: override '{key}' given twice")
         out.append((key, yamlsafe.parse(raw, f"{source}: override '{key}'") if raw else ""))
     return out
-
-

@@ -23,7 +23,9 @@ def check_tasks(sweep: SweepConfig, catalog: Catalog) -> None:
         for task in (t for t in suite.tasks if t.kind == "lm_eval"):
             if suite.include_path == "builtin":
                 if any(catalog.models[m].builder is None for m in sweep.models):
-                    raise ConfigError(f"suite '{s}' uses builtin tasks, which only built models (tiny-llama, organism) have")
+                    raise ConfigError(
+                        f"suite '{s}' uses builtin tasks, which only built models (tiny-llama, organism) have"
+                    )
                 known = set(TASK_NAMES)
             else:
                 if suite.include_path not in index:

@@ -24,10 +24,14 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise _Refused(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed")
+            raise _Refused(
+                f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not allowed"
+            )
         event = self.peek_event()
         if getattr(event, "anchor", None):
-            raise _Refused(f"line {event.start_mark.line + 1}: YAML anchors (&{event.anchor}) are not allowed")
+            raise _Refused(
+                f"line {event.start_mark.line + 1}: YAML anchors (&{event.anchor}) are not allowed"
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
@@ -70,7 +74,9 @@ def read(path: Path) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
     if "\x00" in text:
         raise ConfigError(f"{path}: contains a NUL byte (not a text file)")
     return parse(text, str(path))

@@ -72,8 +72,12 @@ def evaluate_suite(
 
 
 def reference_evaluate(
-    model_path: str, lm_kwargs: dict[str, Any], tasks: list[str], include_path: str | None,
-    limit: int | None, seed: int,
+    model_path: str,
+    lm_kwargs: dict[str, Any],
+    tasks: list[str],
+    include_path: str | None,
+    limit: int | None,
+    seed: int,
 ) -> dict[str, Any]:
     """Plain, unsharded `lm_eval.simple_evaluate(model="vllm")` on one engine: the yardstick.
 
@@ -124,5 +128,7 @@ def greedy(lm: Any, prompts: list[str], max_tokens: int) -> list[str]:
     from lm_eval.api.instance import Instance
 
     kwargs = {"until": [], "max_gen_toks": max_tokens, "do_sample": False, "temperature": 0.0}
-    reqs = [Instance(request_type="generate_until", doc={}, arguments=(p, dict(kwargs)), idx=0) for p in prompts]
+    reqs = [
+        Instance(request_type="generate_until", doc={}, arguments=(p, dict(kwargs)), idx=0) for p in prompts
+    ]
     return list(lm.generate_until(reqs))

@@ -132,5 +132,3 @@ class ShardedLM(LM):
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         return self._first("chat_template", chat_template)
-
-

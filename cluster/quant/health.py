@@ -75,5 +75,3 @@ def verdict(mismatches: list[str], fallback: list[str], probed: dict[str, Any] |
     if probed is None:
         return "ok", "config and GPTQ checks only (quantize.health_probe is off)"
     return "ok", f"loaded in vLLM, generated {probed['text']!r}"
-
-

@@ -117,7 +117,11 @@ def _dir_size(path: Path) -> int:
 
 
 def quantize_into(
-    base_path: str, recipe: RecipeConfig, out: Path, dtype: str, instruct_source: str | None,
+    base_path: str,
+    recipe: RecipeConfig,
+    out: Path,
+    dtype: str,
+    instruct_source: str | None,
     report: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Quantize `base_path` with `recipe` into `out`; return what happened (time, RSS, fallbacks)."""

@@ -30,10 +30,18 @@ def plan_table(cells: Iterable[Cell], title: str) -> Table:
         t.add_column(col)
     for c in cells:
         r = c.resources
-        res = f"{r.cpus:g} cpu" + (f", {r.gpus} gpu" if r.gpus else "") + (f", {r.engines} engine(s)" if r.engines else "")
+        res = (
+            f"{r.cpus:g} cpu"
+            + (f", {r.gpus} gpu" if r.gpus else "")
+            + (f", {r.engines} engine(s)" if r.engines else "")
+        )
         res += f" [{r.accelerator}]" if r.accelerator else ""
         res += ", exclusive" if r.exclusive else ""
-        status = c.status + (f" (dequantized: {c.reason})" if c.route == "dequantized" else (f": {c.reason}" if c.reason else ""))
+        status = c.status + (
+            f" (dequantized: {c.reason})"
+            if c.route == "dequantized"
+            else (f": {c.reason}" if c.reason else "")
+        )
         t.add_row(c.stage, c.model, c.format, c.detail, c.key, str(len(c.deps)), res, status)
     return t
 
@@ -52,31 +60,85 @@ def status_table(rows: list[tuple[Cell, str, str]], title: str) -> Table:
 def recovery_table(rows: list[dict]) -> Table:
     """Suite score and recovery vs the baseline per model x format x suite, with status."""
     t = Table(title="Accuracy recovery (ratio of suite averages vs baseline, 95% bootstrap CI)")
-    for col in ("model", "suite", "format", "score", "baseline", "recovery %", "95% CI", "flips -/+", "weights", "status"):
-        t.add_column(col, justify="left" if col in ("model", "suite", "format", "weights", "status") else "right")
-    for r in sorted(rows, key=lambda r: (r["model"], r["suite"], r["format"] != r["baseline_format"], r["format"])):
+    for col in (
+        "model",
+        "suite",
+        "format",
+        "score",
+        "baseline",
+        "recovery %",
+        "95% CI",
+        "flips -/+",
+        "weights",
+        "status",
+    ):
+        t.add_column(
+            col, justify="left" if col in ("model", "suite", "format", "weights", "status") else "right"
+        )
+    for r in sorted(
+        rows, key=lambda r: (r["model"], r["suite"], r["format"] != r["baseline_format"], r["format"])
+    ):
         ci = f"{_num(r['recovery_ci_low'])}-{_num(r['recovery_ci_high'])}"
-        flips = "-" if r["flips_right_to_wrong"] is None else f"{r['flips_right_to_wrong']}/{r['flips_wrong_to_right']}"
+        flips = (
+            "-"
+            if r["flips_right_to_wrong"] is None
+            else f"{r['flips_right_to_wrong']}/{r['flips_wrong_to_right']}"
+        )
         status = r["status"] if r["status"] == "measured" else f"{r['status']}: {r['reason']}"
-        t.add_row(r["model"], r["suite"], r["format"], _num(r["score"]), _num(r["baseline_score"]),
-                  _num(r["recovery_pct"]), ci if r["recovery_pct"] is not None else "-", flips, r["weights"], status)
+        t.add_row(
+            r["model"],
+            r["suite"],
+            r["format"],
+            _num(r["score"]),
+            _num(r["baseline_score"]),
+            _num(r["recovery_pct"]),
+            ci if r["recovery_pct"] is not None else "-",
+            flips,
+            r["weights"],
+            status,
+        )
     return t
 
 
 def perf_table(rows: list[dict]) -> Table:
     """Latency, throughput and queries per dollar per cell (skipped cells say why)."""
     t = Table(title="Serving performance (Ray Serve + vLLM)")
-    cols = ("model", "format", "hardware", "use case", "mode", "done/failed", "TTFT ms", "TPOT ms", "e2e ms",
-            "req/s", "queries/$", "note")
+    cols = (
+        "model",
+        "format",
+        "hardware",
+        "use case",
+        "mode",
+        "done/failed",
+        "TTFT ms",
+        "TPOT ms",
+        "e2e ms",
+        "req/s",
+        "queries/$",
+        "note",
+    )
     for col in cols:
         t.add_column(col)
     for r in rows:
         done = f"{r['completed']}/{r['failed']}" if r["status"] == "measured" else "-"
-        note = r["skip_reason"] or ("CLIENT-BOUND: offered load near the generator's capacity" if r["client_bound"] else "")
+        note = r["skip_reason"] or (
+            "CLIENT-BOUND: offered load near the generator's capacity" if r["client_bound"] else ""
+        )
         mode = r["mode"] + (f" {r['target_rate']:.2g}/s" if r.get("target_rate") else "")
-        t.add_row(r["model"], r["format"], f"{r['device_count']}x{r['hardware']}", r["use_case"], mode, done,
-                  _num(r["mean_ttft_ms"], "{:.1f}"), _num(r["mean_tpot_ms"], "{:.2f}"), _num(r["mean_e2el_ms"], "{:.0f}"),
-                  _num(r["request_throughput"]), _num(r["queries_per_dollar"], "{:.0f}"), note)
+        t.add_row(
+            r["model"],
+            r["format"],
+            f"{r['device_count']}x{r['hardware']}",
+            r["use_case"],
+            mode,
+            done,
+            _num(r["mean_ttft_ms"], "{:.1f}"),
+            _num(r["mean_tpot_ms"], "{:.2f}"),
+            _num(r["mean_e2el_ms"], "{:.0f}"),
+            _num(r["request_throughput"]),
+            _num(r["queries_per_dollar"], "{:.0f}"),
+            note,
+        )
     return t
 
 
@@ -93,8 +155,17 @@ def trials_table(rows: list[dict]) -> Table:
             best = "best"
             if r["validation_recovery_pct"] is not None:
                 best += f"; {r['validation_suite']} {r['validation_recovery_pct']:.2f}%"
-        t.add_row(r["trial_id"], params, str(r["budget"]), _num(r["score"]), _num(r["recovery_pct"]),
-                  " ".join(f"{x:.1f}" for x in r["rung_recovery_pct"]), status, str(len(r["rtn_fallback_modules"])), best)
+        t.add_row(
+            r["trial_id"],
+            params,
+            str(r["budget"]),
+            _num(r["score"]),
+            _num(r["recovery_pct"]),
+            " ".join(f"{x:.1f}" for x in r["rung_recovery_pct"]),
+            status,
+            str(len(r["rtn_fallback_modules"])),
+            best,
+        )
     return t
 
 
@@ -121,8 +192,18 @@ def guideline_table(rows: list[dict], labels: dict[str, str]) -> Table:
     for r in rows:
         style = "red" if r["decision"] == "undecided" else ""
         fmt = labels.get(r["format"], r["format"]) if r["format"] else "-"
-        t.add_row(r["sweep"], r["model"], r["hardware"], r["mode"], r["slo"], r["use_case"], fmt, r["decision"],
-                  r["reason"], style=style)
+        t.add_row(
+            r["sweep"],
+            r["model"],
+            r["hardware"],
+            r["mode"],
+            r["slo"],
+            r["use_case"],
+            fmt,
+            r["decision"],
+            r["reason"],
+            style=style,
+        )
     return t
 
 
@@ -132,8 +213,15 @@ def cost_table(rows: list[dict], labels: dict[str, str]) -> Table:
     for col in ("sweep", "model", "hardware", "format", "mode", "factor", "averaged over"):
         t.add_column(col, justify="right" if col == "factor" else "left")
     for r in rows:
-        t.add_row(r["sweep"], r["model"], r["hardware"], labels.get(r["format"], r["format"]), r["mode"],
-                  _num(r["cost_reduction"]), r["note"])
+        t.add_row(
+            r["sweep"],
+            r["model"],
+            r["hardware"],
+            labels.get(r["format"], r["format"]),
+            r["mode"],
+            _num(r["cost_reduction"]),
+            r["note"],
+        )
     return t
 
 
@@ -141,8 +229,12 @@ def print_report(console: Console, root: Path | str, sweep: str) -> None:
     """Print every table the sweep has committed rows for (read from the datasets under root)."""
     from cluster.store.datasets import rows
 
-    tables = (("recovery", recovery_table), ("similarity", similarity_table), ("perf", perf_table),
-              ("trials", trials_table))
+    tables = (
+        ("recovery", recovery_table),
+        ("similarity", similarity_table),
+        ("perf", perf_table),
+        ("trials", trials_table),
+    )
     for name, make in tables:
         data = rows(root, name, sweep=sweep)
         if data:

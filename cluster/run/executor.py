@@ -57,7 +57,9 @@ class Summary:
 class Executor:
     """Runs the cells of one plan."""
 
-    def __init__(self, env: RunEnv, cells: list[Cell], console: Console, fresh: bool, on_cluster: bool) -> None:
+    def __init__(
+        self, env: RunEnv, cells: list[Cell], console: Console, fresh: bool, on_cluster: bool
+    ) -> None:
         self.env, self.cells, self.console, self.fresh = env, cells, console, fresh
         self.by_key = {c.key: c for c in cells}
         self.state: dict[str, str] = {c.key: "pending" for c in cells}
@@ -94,7 +96,17 @@ class Executor:
 
     def _finish(self, cell: Cell, result: CellResult, status: str, started: float, error: str = "") -> None:
         stage = registry.STAGES[cell.stage]
-        m = commit(self.env.out, self.env.sweep.name, cell, result, self.env.prov, stage.writes, status, started, error)
+        m = commit(
+            self.env.out,
+            self.env.sweep.name,
+            cell,
+            result,
+            self.env.prov,
+            stage.writes,
+            status,
+            started,
+            error,
+        )
         self.state[cell.key], self.manifests[cell.key] = status, m
         if status in OK:
             self.tally.done += 1
@@ -110,7 +122,13 @@ class Executor:
 
     def _placeholder(self, cell: Cell, status: str, reason: str) -> None:
         cr = CellRun(cell, self.env, self._inputs_partial(cell))
-        self._finish(cell, registry.placeholder(cr, status, reason), status, time.time(), reason if status != "skipped" else "")
+        self._finish(
+            cell,
+            registry.placeholder(cr, status, reason),
+            status,
+            time.time(),
+            reason if status != "skipped" else "",
+        )
 
     def _inputs_partial(self, cell: Cell) -> dict[str, dict]:
         return {d: self.manifests[d] for d in cell.deps if d in self.manifests}
@@ -132,6 +150,7 @@ class Executor:
         out = [c for c in self._pending() if all(self.state[d] in OK for d in c.deps)]
         # tune first: its search is the longest chain of a sweep; it overlaps everything else
         rank = {s: i for i, s in enumerate(("tune", *(x for x in STAGE_ORDER if x != "tune")))}
+
         # work on open sessions first, then by stage; measurements (and their Serve deployment) last:
         # on a busy CPU host a deployment started early only slows everything beside it
         def order(c: Cell) -> tuple:
@@ -233,12 +252,19 @@ class Executor:
 
     def _serve_members(self, key: str) -> list[Cell]:
         """The pending load-test cells a Serve session deploys for."""
-        return [c for c in self._pending() if registry.STAGES[c.stage].session == "serve"
-                and session_key(c, "serve", self.env.gpu) == key and c.status != "skipped"]
+        return [
+            c
+            for c in self._pending()
+            if registry.STAGES[c.stage].session == "serve"
+            and session_key(c, "serve", self.env.gpu) == key
+            and c.status != "skipped"
+        ]
 
     def _members_ready(self, key: str) -> bool:
         """A Serve deployment waits until every checkpoint it serves has passed (or failed) its health cell."""
-        return all(self.state[d] not in ("pending", "running") for c in self._serve_members(key) for d in c.deps)
+        return all(
+            self.state[d] not in ("pending", "running") for c in self._serve_members(key) for d in c.deps
+        )
 
     def _open(self, cell: Cell, key: str, kind: str) -> Session:
         s = Session(key, kind)
@@ -292,7 +318,10 @@ class Executor:
         except Exception as exc:  # every cell of the session gets this reason
             reason = f"Serve app failed to start: {one_line(exc)}"
             for c in self._pending():
-                if registry.STAGES[c.stage].session == "serve" and session_key(c, "serve", self.env.gpu) == s.key:
+                if (
+                    registry.STAGES[c.stage].session == "serve"
+                    and session_key(c, "serve", self.env.gpu) == s.key
+                ):
                     self._placeholder(c, "failed", reason)
             self._close(s)
 
@@ -310,7 +339,11 @@ class Executor:
             return self._lost(r, exc)
         except RayTaskError as exc:
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
-            if isinstance(cause, RayActorError) and r.session is not None or isinstance(cause, infra_errors()):
+            if (
+                isinstance(cause, RayActorError)
+                and r.session is not None
+                or isinstance(cause, infra_errors())
+            ):
                 return self._lost(r, cause)  # a dead host, node or object inside the cell: retried
             return self._failed(r, cause)
         except Exception as exc:  # lost objects, node deaths: infrastructure
@@ -340,8 +373,10 @@ class Executor:
             return
         kind = s.kind
         left = [
-            c for c in self.cells
-            if self.state[c.key] in ("pending", "running") and registry.STAGES[c.stage].session == kind
+            c
+            for c in self.cells
+            if self.state[c.key] in ("pending", "running")
+            and registry.STAGES[c.stage].session == kind
             and session_key(c, kind, self.env.gpu) == s.key
         ]
         if not left:

@@ -70,5 +70,7 @@ class Tally:
         left = ""
         if pending and all(g is not None for g in guesses):
             left = f", ~{clock(sum(g for g in guesses if g) / max(1, parallel))} left (median cell times)"
-        return (f"cells: {self.done}/{self.total} done, {self.failed} failed, {running} running, "
-                f"{len(pending)} pending; {clock(elapsed)} elapsed{left}")
+        return (
+            f"cells: {self.done}/{self.total} done, {self.failed} failed, {running} running, "
+            f"{len(pending)} pending; {clock(elapsed)} elapsed{left}"
+        )

@@ -63,5 +63,3 @@ def cell_options(cell: Cell, env: RunEnv) -> dict[str, Any]:
 
 def _runs_code(cell: Cell, env: RunEnv) -> bool:
     return any(t.kind == "humaneval" for t in env.catalog.suites[cell.suite].tasks)
-
-

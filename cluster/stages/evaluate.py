@@ -38,18 +38,36 @@ def _score_rows(cr: CellRun, suite: SuiteConfig, out: dict, weights: str) -> lis
     for t in suite.tasks:
         key, value, stderr = metric_value(out["results"][t.name], t.metric)
         n = out["n-samples"].get(t.name, {}).get("effective")
-        rows.append({**_score_base(cr, t.name, t.num_fewshot, weights), "metric": key, "value": value,
-                     "stderr": stderr, "n": n, "status": "measured", "reason": ""})
+        rows.append(
+            {
+                **_score_base(cr, t.name, t.num_fewshot, weights),
+                "metric": key,
+                "value": value,
+                "stderr": stderr,
+                "n": n,
+                "status": "measured",
+                "reason": "",
+            }
+        )
     return rows
 
 
 def _score_base(cr: CellRun, task: str, shots: int | None, weights: str) -> dict[str, Any]:
     ev = cr.env.sweep.eval
     return {
-        **coords(cr, "suite"), "task": task, "num_fewshot": shots, "limit": ev.limit, "backend": BACKEND,
-        "actors": ev.actors, "batch_size": ev.batch_size, "add_bos_token": ev.add_bos_token,
-        "apply_chat_template": ev.apply_chat_template, "fewshot_as_multiturn": ev.fewshot_as_multiturn,
-        "eval_seed": ev.seed, "engine_args": engine_args_json(cr), "weights": weights,
+        **coords(cr, "suite"),
+        "task": task,
+        "num_fewshot": shots,
+        "limit": ev.limit,
+        "backend": BACKEND,
+        "actors": ev.actors,
+        "batch_size": ev.batch_size,
+        "add_bos_token": ev.add_bos_token,
+        "apply_chat_template": ev.apply_chat_template,
+        "fewshot_as_multiturn": ev.fewshot_as_multiturn,
+        "eval_seed": ev.seed,
+        "engine_args": engine_args_json(cr),
+        "weights": weights,
     }
 
 
@@ -58,12 +76,18 @@ def _sample_rows(cr: CellRun, suite: SuiteConfig, out: dict) -> list[dict]:
     for t in suite.tasks:
         for s in out["samples"].get(t.name, []):
             metrics = {k: float(s[k]) for k in s.get("metrics", []) if isinstance(s.get(k), (int, float))}
-            rows.append({
-                **coords(cr, "suite"), "task": t.name, "doc_id": int(s["doc_id"]),
-                "prompt_hash": s.get("prompt_hash"), "target": str(s.get("target")),
-                "response": json.dumps(s.get("filtered_resps"), default=str), "metrics": list(metrics.items()),
-                "isolation": s.get("isolation"),
-            })
+            rows.append(
+                {
+                    **coords(cr, "suite"),
+                    "task": t.name,
+                    "doc_id": int(s["doc_id"]),
+                    "prompt_hash": s.get("prompt_hash"),
+                    "target": str(s.get("target")),
+                    "response": json.dumps(s.get("filtered_resps"), default=str),
+                    "metrics": list(metrics.items()),
+                    "isolation": s.get("isolation"),
+                }
+            )
     return rows
 
 
@@ -77,8 +101,16 @@ def _run_suite(cr: CellRun, lm: Any, suite: SuiteConfig, path: str) -> dict:
     if lm_tasks:
         metadata = {**suite.metadata, "pretrained": path} if suite.metadata else None
         include = include_path(suite, cr.input_of("health")["prepared"])
-        out = evaluate_suite(lm, lm_tasks, include, ev.limit, ev.apply_chat_template, ev.fewshot_as_multiturn,
-                             ev.seed, metadata)
+        out = evaluate_suite(
+            lm,
+            lm_tasks,
+            include,
+            ev.limit,
+            ev.apply_chat_template,
+            ev.fewshot_as_multiturn,
+            ev.seed,
+            metadata,
+        )
     for t in suite.tasks:
         if t.kind == "humaneval":
             from cluster.eval.humaneval import evaluate_task
@@ -102,21 +134,42 @@ def _arena(cr: CellRun, lm: Any, t: Any) -> dict:
     prompts = load_prompts(t.prompts, env.sweep.eval.limit)
     baseline = None
     if cr.cell.format != env.sweep.baseline:
-        base_rows = rows(env.out, "eval_samples", sweep=env.sweep.name, model=cr.cell.model,
-                         format=env.sweep.baseline, suite=cr.cell.suite)
-        samples = [{"question_id": prompts[r["doc_id"]]["question_id"], "filtered_resps": json.loads(r["response"])}
-                   for r in base_rows if r["task"] == t.name and r["doc_id"] < len(prompts)]
+        base_rows = rows(
+            env.out,
+            "eval_samples",
+            sweep=env.sweep.name,
+            model=cr.cell.model,
+            format=env.sweep.baseline,
+            suite=cr.cell.suite,
+        )
+        samples = [
+            {"question_id": prompts[r["doc_id"]]["question_id"], "filtered_resps": json.loads(r["response"])}
+            for r in base_rows
+            if r["task"] == t.name and r["doc_id"] < len(prompts)
+        ]
         baseline = answers_from_samples(samples)
     return evaluate_task(lm, t.name, prompts, baseline, env.sweep.eval.judge, t.max_gen_toks)
 
 
 def _results_json(cr: CellRun, out: dict, path: str) -> dict[str, Any]:
     ev = cr.env.sweep.eval
-    config = {"model": "quantsweep-ray-vllm", "model_args": engine_kwargs(cr), "pretrained": path,
-              "actors": ev.actors, "limit": ev.limit, "apply_chat_template": ev.apply_chat_template,
-              "fewshot_as_multiturn": ev.fewshot_as_multiturn, "random_seed": ev.seed}
-    return {"results": out["results"], "n-samples": out.get("n-samples", {}), "configs": out.get("configs", {}),
-            "config": config, "quantsweep": {"run_id": cr.env.prov.run_id, "cell_key": cr.cell.key}}
+    config = {
+        "model": "quantsweep-ray-vllm",
+        "model_args": engine_kwargs(cr),
+        "pretrained": path,
+        "actors": ev.actors,
+        "limit": ev.limit,
+        "apply_chat_template": ev.apply_chat_template,
+        "fewshot_as_multiturn": ev.fewshot_as_multiturn,
+        "random_seed": ev.seed,
+    }
+    return {
+        "results": out["results"],
+        "n-samples": out.get("n-samples", {}),
+        "configs": out.get("configs", {}),
+        "config": config,
+        "quantsweep": {"run_id": cr.env.prov.run_id, "cell_key": cr.cell.key},
+    }
 
 
 def run(cr: CellRun) -> CellResult:
@@ -126,7 +179,9 @@ def run(cr: CellRun) -> CellResult:
     env, cell = cr.env, cr.cell
     health = cr.input_of("health")
     if health["health"] in UNUSABLE:
-        return placeholder(cr, "not_measured", f"not measured: unhealthy ({health['health']}: {health['health_detail']})")
+        return placeholder(
+            cr, "not_measured", f"not measured: unhealthy ({health['health']}: {health['health_detail']})"
+        )
     loaded = load_on_hosts(cr.session, health["eval_path"], engine_kwargs(cr))
     if not loaded["ok"]:
         raise RuntimeError(f"the checkpoint no longer loads: {loaded['error']}")
@@ -136,7 +191,10 @@ def run(cr: CellRun) -> CellResult:
     weights = health.get("weights", "base")
     rel = f"results/{env.sweep.name}/{cell.model}/{cell.format}/{cell.suite}.json"
     return CellResult(
-        rows={"eval_scores": _score_rows(cr, suite, out, weights), "eval_samples": _sample_rows(cr, suite, out)},
+        rows={
+            "eval_scores": _score_rows(cr, suite, out, weights),
+            "eval_samples": _sample_rows(cr, suite, out),
+        },
         outputs={"health": health["health"], "health_detail": health["health_detail"], "weights": weights},
         files={rel: _results_json(cr, out, health["eval_path"])},
         context=cr.context(engine_threads()),
@@ -157,7 +215,21 @@ def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:
         health = {"health": "failed", "health_detail": reason}
     weights = health.get("weights", "-")
     st = "not_measured" if status in ("skipped", "blocked", "not_measured") else "failed"
-    rows = [{**_score_base(cr, t.name, t.num_fewshot, weights), "metric": t.metric, "value": None,
-             "stderr": None, "n": None, "status": st, "reason": reason} for t in suite.tasks]
-    outputs = {"health": health.get("health"), "health_detail": health.get("health_detail"), "weights": weights}
+    rows = [
+        {
+            **_score_base(cr, t.name, t.num_fewshot, weights),
+            "metric": t.metric,
+            "value": None,
+            "stderr": None,
+            "n": None,
+            "status": st,
+            "reason": reason,
+        }
+        for t in suite.tasks
+    ]
+    outputs = {
+        "health": health.get("health"),
+        "health_detail": health.get("health_detail"),
+        "weights": weights,
+    }
     return CellResult(rows={"eval_scores": rows}, outputs=outputs, note=reason)

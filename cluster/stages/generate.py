@@ -45,14 +45,28 @@ def run(cr: CellRun) -> CellResult:
     stage = cr.env.sweep.eval.similarity
     ps = prompts(stage, health["prepared"].get("include_path"))
     texts = greedy(ShardedLM(cr.session, report=cr.report), ps, stage.max_tokens)
-    rows = [_row(cr, i, p, t, stage.max_tokens, health.get("weights", "base")) for i, (p, t) in enumerate(zip(ps, texts, strict=True))]
-    return CellResult(rows={"generations": rows}, outputs={"n": len(rows)}, context=cr.context(engine_threads()),
-                      note=f"{len(rows)} greedy answers")
+    rows = [
+        _row(cr, i, p, t, stage.max_tokens, health.get("weights", "base"))
+        for i, (p, t) in enumerate(zip(ps, texts, strict=True))
+    ]
+    return CellResult(
+        rows={"generations": rows},
+        outputs={"n": len(rows)},
+        context=cr.context(engine_threads()),
+        note=f"{len(rows)} greedy answers",
+    )
 
 
 def _row(cr: CellRun, i: int, prompt: str, text: str, max_tokens: int, weights: str) -> dict[str, Any]:
-    return {**coords(cr), "prompt_id": i, "prompt_hash": hashlib.sha256(prompt.encode()).hexdigest()[:16],
-            "prompt": prompt, "text": text, "max_tokens": max_tokens, "weights": weights}
+    return {
+        **coords(cr),
+        "prompt_id": i,
+        "prompt_hash": hashlib.sha256(prompt.encode()).hexdigest()[:16],
+        "prompt": prompt,
+        "text": text,
+        "max_tokens": max_tokens,
+        "weights": weights,
+    }
 
 
 def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:

@@ -28,8 +28,14 @@ def engine_kwargs(cr: CellRun) -> dict[str, Any]:
     from serve.engine import lm_eval_kwargs
 
     env, ev = cr.env, cr.env.sweep.eval
-    tp, pp = cr.cell.resources.split(env.catalog.models[cr.cell.model].gpus.get(cr.cell.format, 1)) if env.gpu else (1, 1)
-    return lm_eval_kwargs(env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size, pp)
+    tp, pp = (
+        cr.cell.resources.split(env.catalog.models[cr.cell.model].gpus.get(cr.cell.format, 1))
+        if env.gpu
+        else (1, 1)
+    )
+    return lm_eval_kwargs(
+        env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size, pp
+    )
 
 
 def load_on_hosts(hosts: list[Any], path: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +59,11 @@ def _probe(cr: CellRun, path: str) -> dict[str, Any]:
     if not out["tokens"]:
         return {"ok": False, "text": None, "error": "RuntimeError: the engine generated no tokens"}
     if not all(math.isfinite(x) for x in out["logprobs"]):
-        return {"ok": False, "text": None, "error": f"RuntimeError: non-finite log-probabilities {out['logprobs']}"}
+        return {
+            "ok": False,
+            "text": None,
+            "error": f"RuntimeError: non-finite log-probabilities {out['logprobs']}",
+        }
     return {"ok": True, "text": out["text"], "error": None}
 
 
@@ -73,8 +83,12 @@ def run(cr: CellRun) -> CellResult:
     if recipe.algorithm == "none" and name == "ok":
         detail = "the unquantized base model" + (f"; {detail}" if probed else "")
     outputs = {**q, "health": name, "health_detail": detail}
-    return CellResult(rows={"quantized": [row(cr, q, name, detail)]}, outputs=outputs,
-                      context=cr.context(engine_threads()), note=f"{name}: {detail}")
+    return CellResult(
+        rows={"quantized": [row(cr, q, name, detail)]},
+        outputs=outputs,
+        context=cr.context(engine_threads()),
+        note=f"{name}: {detail}",
+    )
 
 
 def row(cr: CellRun, q: dict[str, Any], health: str, detail: str) -> dict[str, Any]:
@@ -105,8 +119,9 @@ def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:
     except KeyError:
         pass
     outputs = {**q, "health": status if status != "blocked" else "failed", "health_detail": reason}
-    return CellResult(rows={"quantized": [row(cr, q, outputs["health"], reason)]}, outputs=outputs,
-                      note=reason)
+    return CellResult(
+        rows={"quantized": [row(cr, q, outputs["health"], reason)]}, outputs=outputs, note=reason
+    )
 
 
 def engine_args_json(cr: CellRun) -> str:

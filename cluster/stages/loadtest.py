@@ -21,8 +21,19 @@ from cluster.stages.health import UNUSABLE
 from cluster.store.commit import CellResult
 
 PERF_KEYS = (
-    "completed", "failed", "error_rate", "request_throughput", "output_throughput", "mean_ttft_ms", "p99_ttft_ms",
-    "mean_tpot_ms", "p99_tpot_ms", "mean_tpot_incl_first_ms", "mean_itl_ms", "mean_e2el_ms", "p99_e2el_ms",
+    "completed",
+    "failed",
+    "error_rate",
+    "request_throughput",
+    "output_throughput",
+    "mean_ttft_ms",
+    "p99_ttft_ms",
+    "mean_tpot_ms",
+    "p99_tpot_ms",
+    "mean_tpot_incl_first_ms",
+    "mean_itl_ms",
+    "mean_e2el_ms",
+    "p99_e2el_ms",
 )
 
 
@@ -89,28 +100,48 @@ def _base(cr: CellRun) -> dict[str, Any]:
     from serve import app
     from serve.engine import engine_kwargs
 
-    deployment = json.dumps({**app.deployment_config(env.sweep.serve), "ingress": env.sweep.serve.ingress}, sort_keys=True)
+    deployment = json.dumps(
+        {**app.deployment_config(env.sweep.serve), "ingress": env.sweep.serve.ingress}, sort_keys=True
+    )
     return {
-        **coords(cr, "hardware", "use_case"), "device": hw.device, "device_count": n,
+        **coords(cr, "hardware", "use_case"),
+        "device": hw.device,
+        "device_count": n,
         "price_per_hour": hw.price_per_hour.get(n),
-        "prompt_tokens": max(1, round(uc.prompt_tokens * scale)), "output_tokens": max(1, round(uc.output_tokens * scale)),
+        "prompt_tokens": max(1, round(uc.prompt_tokens * scale)),
+        "output_tokens": max(1, round(uc.output_tokens * scale)),
         "engine_args": json.dumps(
             engine_kwargs(env.sweep.engine, env.host, tp, hw.kind == "cpu", executor=False, pp=pp),
-            sort_keys=True),
+            sort_keys=True,
+        ),
         "deployment_config": deployment,
     }
 
 
-def _perf_row(base: dict, mode: str, profile: str, summary: dict | None, qpd: float | None, reason: str = "",
-              rate: float | None = None, capacity: float | None = None) -> dict:
+def _perf_row(
+    base: dict,
+    mode: str,
+    profile: str,
+    summary: dict | None,
+    qpd: float | None,
+    reason: str = "",
+    rate: float | None = None,
+    capacity: float | None = None,
+) -> dict:
     from cluster.report.serving import COLUMNS
     from serve.sweep import client_bound
 
     s = summary or {}
     offered = rate if rate is not None else s.get("request_throughput") or 0.0
     return {
-        **base, "mode": mode, "profile": profile, "status": "skipped" if reason else "measured", "skip_reason": reason,
-        "queries_per_dollar": qpd, "target_rate": rate, **{k: s.get(k) for k in PERF_KEYS},
+        **base,
+        "mode": mode,
+        "profile": profile,
+        "status": "skipped" if reason else "measured",
+        "skip_reason": reason,
+        "queries_per_dollar": qpd,
+        "target_rate": rate,
+        **{k: s.get(k) for k in PERF_KEYS},
         "loadgen_capacity_rps": capacity,
         "client_bound": bool(capacity) and not reason and client_bound(offered, capacity or 0.0),
         **dict.fromkeys(COLUMNS),  # filled by _judge once the cell's runs are in
@@ -122,7 +153,9 @@ def _request_rows(base: dict, mode: str, records: list) -> list[dict]:
     return [{**{k: base[k] for k in keep}, "mode": mode, **r.to_dict()} for r in records]
 
 
-def _async_runs(cr: CellRun, url: str, mid: str, prompts: list, out_tokens: int) -> list[tuple[str, float | None, list]]:
+def _async_runs(
+    cr: CellRun, url: str, mid: str, prompts: list, out_tokens: int
+) -> list[tuple[str, float | None, list]]:
     """(profile, target rate, records) per asynchronous run."""
     from serve import loadgen
     from serve.sweep import run_sweep
@@ -137,25 +170,59 @@ def _async_runs(cr: CellRun, url: str, mid: str, prompts: list, out_tokens: int)
                 runs.setdefault((r.profile, r.target_rate), []).append(r)
         return [(p, rate, rs) for (p, rate), rs in runs.items()]
     if sv.profile == "concurrent":
-        recs = loadgen.run_concurrent(url, mid, prompts, out_tokens, concurrency=sv.async_concurrency,
-                                      max_requests=sv.async_max_requests, duration_s=sv.async_duration_s,
-                                      api_key=key, timeout_s=timeout)
+        recs = loadgen.run_concurrent(
+            url,
+            mid,
+            prompts,
+            out_tokens,
+            concurrency=sv.async_concurrency,
+            max_requests=sv.async_max_requests,
+            duration_s=sv.async_duration_s,
+            api_key=key,
+            timeout_s=timeout,
+        )
         return [("concurrent", None, recs)]
     if sv.profile == "constant":
-        recs = loadgen.run_constant(url, mid, prompts, out_tokens, rate=sv.async_rate, duration_s=sv.async_duration_s,
-                                    max_requests=sv.async_max_requests, api_key=key, timeout_s=timeout)
+        recs = loadgen.run_constant(
+            url,
+            mid,
+            prompts,
+            out_tokens,
+            rate=sv.async_rate,
+            duration_s=sv.async_duration_s,
+            max_requests=sv.async_max_requests,
+            api_key=key,
+            timeout_s=timeout,
+        )
     else:
-        recs = loadgen.run_poisson(url, mid, prompts, out_tokens, rate=sv.async_rate, duration_s=sv.async_duration_s,
-                                   max_requests=sv.async_max_requests, seed=seed, api_key=key, timeout_s=timeout)
+        recs = loadgen.run_poisson(
+            url,
+            mid,
+            prompts,
+            out_tokens,
+            rate=sv.async_rate,
+            duration_s=sv.async_duration_s,
+            max_requests=sv.async_max_requests,
+            seed=seed,
+            api_key=key,
+            timeout_s=timeout,
+        )
     return [(sv.profile, sv.async_rate, recs)]
 
 
-def _export(cr: CellRun, base: dict, mode: str, rate: float | None, summary: dict, records: list) -> tuple[str, dict]:
+def _export(
+    cr: CellRun, base: dict, mode: str, rate: float | None, summary: dict, records: list
+) -> tuple[str, dict]:
     """The summary in `vllm bench serve`'s JSON layout, so users can compare with what they know."""
     from serve import metrics
 
-    meta = {"backend": "openai", "model_id": model_id(base["model"], base["format"]), "request_rate": rate,
-            "num_prompts": len([r for r in records if not r.warmup]), "label": f"quantsweep {mode}"}
+    meta = {
+        "backend": "openai",
+        "model_id": model_id(base["model"], base["format"]),
+        "request_rate": rate,
+        "num_prompts": len([r for r in records if not r.warmup]),
+        "label": f"quantsweep {mode}",
+    }
     name = f"{base['hardware']}-{base['use_case']}-{mode}" + (f"-{rate:.3g}rps" if rate else "") + ".json"
     rel = f"perf/{cr.env.sweep.name}/{base['model']}/{base['format']}/{name}"
     return rel, metrics.to_vllm_bench_json(summary, meta)
@@ -184,8 +251,16 @@ def run(cr: CellRun) -> CellResult:
     cr.report("measuring the load generator's own capacity")
     capacity = client_capacity(ot)
     cr.report("synchronous load")
-    sync = loadgen.run_synchronous(url, mid, prompts, ot, api_key=sv.api_key, timeout_s=sv.request_timeout_s,
-                                   warmup=sv.warmup_requests, max_requests=sv.sync_requests)
+    sync = loadgen.run_synchronous(
+        url,
+        mid,
+        prompts,
+        ot,
+        api_key=sv.api_key,
+        timeout_s=sv.request_timeout_s,
+        warmup=sv.warmup_requests,
+        max_requests=sv.sync_requests,
+    )
     s_sum = metrics.summarize(sync)
     latency_s = (s_sum.get("mean_e2el_ms") or float("nan")) / 1000.0
     s_qpd = cost.queries_per_dollar_sync(latency_s, price) if s_sum.get("completed") else None
@@ -195,7 +270,11 @@ def run(cr: CellRun) -> CellResult:
     cr.report(f"asynchronous load ({sv.profile})")
     for profile, rate, recs in _async_runs(cr, url, mid, prompts, ot):
         a_sum = metrics.summarize(recs)
-        a_qpd = cost.queries_per_dollar_async(a_sum["request_throughput"], price) if a_sum.get("completed") else None
+        a_qpd = (
+            cost.queries_per_dollar_async(a_sum["request_throughput"], price)
+            if a_sum.get("completed")
+            else None
+        )
         perf.append(_perf_row(base, "async", profile, a_sum, a_qpd, rate=rate, capacity=capacity))
         runs.append(recs)
         reqs += _request_rows(base, "async", recs)
@@ -220,7 +299,9 @@ def _judge(cr: CellRun, perf: list[dict], runs: list[list]) -> None:
         row.update(cols)
     others = committed(env.out, "perf", sweep=env.sweep.name, model=c.model, hardware=c.hardware)
     mine = [r for r in others if r["format"] == c.format and r["use_case"] != c.use_case] + perf
-    base = mine if c.format == env.sweep.baseline else [r for r in others if r["format"] == env.sweep.baseline]
+    base = (
+        mine if c.format == env.sweep.baseline else [r for r in others if r["format"] == env.sweep.baseline]
+    )
     for row in perf:
         cr_value, note = serving.cost_reduction(mine, base, row["mode"])
         if not base:
@@ -231,6 +312,8 @@ def _judge(cr: CellRun, perf: list[dict], runs: list[list]) -> None:
 def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:
     """`perf` rows for both modes with no numbers, saying why."""
     base = _base(cr)
-    rows = [_perf_row(base, mode, profile, None, None, reason or status)
-            for mode, profile in (("sync", "synchronous"), ("async", cr.env.sweep.serve.profile))]
+    rows = [
+        _perf_row(base, mode, profile, None, None, reason or status)
+        for mode, profile in (("sync", "synchronous"), ("async", cr.env.sweep.serve.profile))
+    ]
     return CellResult(rows={"perf": rows}, context=cr.context(1), note=reason)

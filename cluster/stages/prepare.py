@@ -21,14 +21,22 @@ def run(cr: CellRun) -> CellResult:
     override = env.sweep.model_paths.get(m)
     out: dict[str, str | None]
     if override:
-        out = {"path": override, "identity": f"path:{override}", "include_path": None,
-               "instruct_source": cfg.instruct_dataset}
+        out = {
+            "path": override,
+            "identity": f"path:{override}",
+            "include_path": None,
+            "instruct_source": cfg.instruct_dataset,
+        }
     elif cfg.builder in ("tiny-llama", "organism"):
         out = _build(cr, Path(env.root) / "cache")
     else:
         path = cfg.path or cfg.hub_id
-        out = {"path": str(path), "identity": f"src:{path}", "include_path": None,
-               "instruct_source": cfg.instruct_dataset}
+        out = {
+            "path": str(path),
+            "identity": f"src:{path}",
+            "include_path": None,
+            "instruct_source": cfg.instruct_dataset,
+        }
     return CellResult(outputs=out, context=cr.context(1), note=f"weights at {out['path']}")
 
 
@@ -40,8 +48,12 @@ def _build(cr: CellRun, cache: Path) -> dict[str, str | None]:
         assets = tinymodel.build(cache, tinymodel.TinySpec(**cfg.builder_args))
     else:
         assets = organism.build(cache, organism.OrganismSpec(**cfg.builder_args), log=cr.report)
-    return {"path": str(assets.model_dir), "identity": f"tiny:{assets.root.name}",
-            "include_path": str(assets.tasks_dir), "instruct_source": str(assets.instruct_file)}
+    return {
+        "path": str(assets.model_dir),
+        "identity": f"tiny:{assets.root.name}",
+        "include_path": str(assets.tasks_dir),
+        "instruct_source": str(assets.instruct_file),
+    }
 
 
 def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:

@@ -28,9 +28,17 @@ def run(cr: CellRun) -> CellResult:
     base = cr.input_of("prepare")
     recipe = env.catalog.formats[cell.format].recipe
     if recipe.algorithm == "none":
-        out = {"path": base["path"], "eval_path": base["path"], "weights": "base", "key": "base",
-               "wall_s": 0.0, "peak_rss_mb": None, "size_bytes": None, "rtn_fallback_modules": [],
-               "prepared": base}
+        out = {
+            "path": base["path"],
+            "eval_path": base["path"],
+            "weights": "base",
+            "key": "base",
+            "wall_s": 0.0,
+            "peak_rss_mb": None,
+            "size_bytes": None,
+            "rtn_fallback_modules": [],
+            "prepared": base,
+        }
         return CellResult(outputs=out, context=cr.context(0), note="the unquantized base model")
     from cluster.quant.oneshot import quantize_into
     from cluster.stages.common import torch_threads
@@ -40,8 +48,14 @@ def run(cr: CellRun) -> CellResult:
     staged.parent.mkdir(parents=True, exist_ok=True)
     meta = quantize_into(base["path"], recipe, staged, env.dtype(), base.get("instruct_source"), cr.report)
     final = env.out / artifact_rel(cr)
-    out = {**meta, "path": str(final), "eval_path": str(final), "weights": "compressed", "key": cell.key,
-           "prepared": base}
+    out = {
+        **meta,
+        "path": str(final),
+        "eval_path": str(final),
+        "weights": "compressed",
+        "key": cell.key,
+        "prepared": base,
+    }
     if cell.route == "dequantized":
         from cluster.quant.dequant import dequantize
 
@@ -49,8 +63,9 @@ def run(cr: CellRun) -> CellResult:
         out.update(dequantize(str(staged), staged / DENSE_DIR, env.dtype()))
         out["eval_path"], out["weights"] = str(final / DENSE_DIR), "dequantized"
     note = f"{meta['wall_s']:.1f}s, {len(meta['rtn_fallback_modules'])} GPTQ fallback(s)"
-    return CellResult(outputs=out, artifacts={artifact_rel(cr): str(staged)}, context=cr.context(threads),
-                      note=note)
+    return CellResult(
+        outputs=out, artifacts={artifact_rel(cr): str(staged)}, context=cr.context(threads), note=note
+    )
 
 
 def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:

@@ -33,7 +33,9 @@ def run(cr: CellRun) -> CellResult:
     suite = env.catalog.suites[c.suite]
     scores, samples = _side(cr, c.format)
     base_scores, base_samples = _side(cr, env.sweep.baseline)
-    why = _not_measured(scores, "this format") or _not_measured(base_scores, f"the baseline ({env.sweep.baseline})")
+    why = _not_measured(scores, "this format") or _not_measured(
+        base_scores, f"the baseline ({env.sweep.baseline})"
+    )
     if why:
         return placeholder(cr, "not_measured", why)
     backends = {r["backend"] for r in scores + base_scores}
@@ -44,9 +46,18 @@ def run(cr: CellRun) -> CellResult:
     docs, base_docs = docs_from_rows(samples, suite), docs_from_rows(base_samples, suite)
     lo, hi = bootstrap_recovery(docs, base_docs, suite, seed=env.sweep.seed)
     to_wrong, to_right = flips(docs, base_docs, suite)
-    row = {**_base(cr, scores), "score": score, "baseline_score": base, "recovery_pct": recovery_pct(score, base),
-           "recovery_ci_low": lo, "recovery_ci_high": hi, "flips_right_to_wrong": to_wrong,
-           "flips_wrong_to_right": to_right, "status": "measured", "reason": ""}
+    row = {
+        **_base(cr, scores),
+        "score": score,
+        "baseline_score": base,
+        "recovery_pct": recovery_pct(score, base),
+        "recovery_ci_low": lo,
+        "recovery_ci_high": hi,
+        "flips_right_to_wrong": to_wrong,
+        "flips_wrong_to_right": to_right,
+        "status": "measured",
+        "reason": "",
+    }
     pct = row["recovery_pct"]
     note = f"recovery {pct:.2f}% [{lo:.2f}, {hi:.2f}]" if not math.isnan(pct) else "recovery undefined"
     return CellResult(rows={"recovery": [row]}, context=cr.context(1), note=note)
@@ -65,15 +76,29 @@ def _base(cr: CellRun, scores: list[dict]) -> dict[str, Any]:
         ev = cr.input_of("evaluate", c.format)
     except KeyError:
         ev = {}
-    return {**coords(cr, "suite"), "baseline_format": env.sweep.baseline, "n_tasks": len(env.catalog.suites[c.suite].tasks),
-            "health": ev.get("health") or "unknown", "backend": scores[0]["backend"] if scores else "-",
-            "weights": scores[0]["weights"] if scores else (ev.get("weights") or "-")}
+    return {
+        **coords(cr, "suite"),
+        "baseline_format": env.sweep.baseline,
+        "n_tasks": len(env.catalog.suites[c.suite].tasks),
+        "health": ev.get("health") or "unknown",
+        "backend": scores[0]["backend"] if scores else "-",
+        "weights": scores[0]["weights"] if scores else (ev.get("weights") or "-"),
+    }
 
 
 def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:
     """The format's recovery row with no number, saying why."""
     st = "not_measured" if status in ("skipped", "blocked", "not_measured") else "failed"
-    row = {**_base(cr, []), "score": None, "baseline_score": None, "recovery_pct": None, "recovery_ci_low": None,
-           "recovery_ci_high": None, "flips_right_to_wrong": None, "flips_wrong_to_right": None,
-           "status": st, "reason": reason}
+    row = {
+        **_base(cr, []),
+        "score": None,
+        "baseline_score": None,
+        "recovery_pct": None,
+        "recovery_ci_low": None,
+        "recovery_ci_high": None,
+        "flips_right_to_wrong": None,
+        "flips_wrong_to_right": None,
+        "status": st,
+        "reason": reason,
+    }
     return CellResult(rows={"recovery": [row]}, context=cr.context(1), note=reason)

@@ -20,21 +20,36 @@ def run(cr: CellRun) -> CellResult:
     env, c = cr.env, cr.cell
     where = {"sweep": env.sweep.name, "model": c.model}
     mine = sorted(rows(env.out, "generations", **where, format=c.format), key=lambda r: r["prompt_id"])
-    base = sorted(rows(env.out, "generations", **where, format=env.sweep.baseline), key=lambda r: r["prompt_id"])
+    base = sorted(
+        rows(env.out, "generations", **where, format=env.sweep.baseline), key=lambda r: r["prompt_id"]
+    )
     if not mine or not base:
-        return placeholder(cr, "not_measured", "not measured: " + ("this format" if not mine else "the baseline")
-                           + " has no generations")
+        return placeholder(
+            cr,
+            "not_measured",
+            "not measured: " + ("this format" if not mine else "the baseline") + " has no generations",
+        )
     stage = env.sweep.eval.similarity
     scores = textsim.score_pairs([r["text"] for r in base], [r["text"] for r in mine], stage)
     out = [
-        {**coords(cr), "baseline_format": env.sweep.baseline, "prompt_id": m["prompt_id"],
-         "prompt_hash": m["prompt_hash"], "reference": b["text"], "candidate": m["text"], **sc,
-         "max_tokens": stage.max_tokens, "sts_model": textsim.sts_model(stage),
-         "bertscore_model": textsim.bertscore_model(stage)}
+        {
+            **coords(cr),
+            "baseline_format": env.sweep.baseline,
+            "prompt_id": m["prompt_id"],
+            "prompt_hash": m["prompt_hash"],
+            "reference": b["text"],
+            "candidate": m["text"],
+            **sc,
+            "max_tokens": stage.max_tokens,
+            "sts_model": textsim.sts_model(stage),
+            "bertscore_model": textsim.bertscore_model(stage),
+        }
         for b, m, sc in zip(base, mine, scores, strict=True)
     ]
     mean = sum(r["rougeL"] for r in out) / len(out)
-    return CellResult(rows={"similarity": out}, context=cr.context(1), note=f"{len(out)} pairs, ROUGE-L {mean:.3f}")
+    return CellResult(
+        rows={"similarity": out}, context=cr.context(1), note=f"{len(out)} pairs, ROUGE-L {mean:.3f}"
+    )
 
 
 def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:

@@ -79,11 +79,15 @@ def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
     from lm_eval.models.vllm_causallms import VLLM
 
     ev = env.sweep.eval
-    kwargs = lm_eval_kwargs(env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size, pp)
+    kwargs = lm_eval_kwargs(
+        env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size, pp
+    )
     return VLLM(pretrained=path, **kwargs)
 
 
-def evaluate_docs(env: RunEnv, lm, suite: SuiteConfig, include: str | None, picks: dict[str, list[int]] | None) -> Docs:
+def evaluate_docs(
+    env: RunEnv, lm, suite: SuiteConfig, include: str | None, picks: dict[str, list[int]] | None
+) -> Docs:
     """Per-document values on the chosen documents (None: all of every task)."""
     from cluster.eval.harness import evaluate_suite
 
@@ -91,8 +95,9 @@ def evaluate_docs(env: RunEnv, lm, suite: SuiteConfig, include: str | None, pick
     tasks = [(t.name, t.num_fewshot) for t in suite.tasks if picks is None or picks[t.name]]
     if not tasks:
         return {t.name: {} for t in suite.tasks}
-    out = evaluate_suite(lm, tasks, include, None, ev.apply_chat_template, ev.fewshot_as_multiturn, ev.seed,
-                         samples=picks)
+    out = evaluate_suite(
+        lm, tasks, include, None, ev.apply_chat_template, ev.fewshot_as_multiturn, ev.seed, samples=picks
+    )
     return docs_of(out, suite)
 
 
@@ -154,12 +159,21 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
         for task, values in evaluate_docs(setup.env, lm, suite, setup.include_path, picks).items():
             docs[task].update(values)
         score, base_score = docs_score(suite, docs), docs_score(suite, setup.baseline, only=docs)
-        tune.report({
-            "rung": rung, "budget": sum(len(v) for v in docs.values()), "recovery": recovery_pct(score, base_score),
-            "score": score, "baseline_score": base_score, "artifact_key": meta["key"],
-            "rtn_fallback_modules": meta["rtn_fallback_modules"], "wall_s": time.perf_counter() - start,
-            "quantize_s": quantized - start, "engine_start_s": loaded - quantized, "eval_s": time.perf_counter() - loaded,
-        })
+        tune.report(
+            {
+                "rung": rung,
+                "budget": sum(len(v) for v in docs.values()),
+                "recovery": recovery_pct(score, base_score),
+                "score": score,
+                "baseline_score": base_score,
+                "artifact_key": meta["key"],
+                "rtn_fallback_modules": meta["rtn_fallback_modules"],
+                "wall_s": time.perf_counter() - start,
+                "quantize_s": quantized - start,
+                "engine_start_s": loaded - quantized,
+                "eval_s": time.perf_counter() - loaded,
+            }
+        )
         previous = budget or 0
     del lm
 
@@ -184,7 +198,9 @@ def _scheduler(t: TuneStage):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="rung", max_t=len(t.rungs), grace_period=1, reduction_factor=t.reduction_factor)
+    return ASHAScheduler(
+        time_attr="rung", max_t=len(t.rungs), grace_period=1, reduction_factor=t.reduction_factor
+    )
 
 
 def budgets(t: TuneStage) -> tuple[int | None, ...]:
@@ -220,11 +236,15 @@ def _engine_of(env: RunEnv, cell, fmt: str) -> tuple[int, int]:
     model = env.catalog.models[cell.model]
     if not env.gpu:
         return 1, 1
-    shape = shape_on(env.catalog, model, env.catalog.formats[fmt], cell.resources, env.sweep.placement.cluster)
+    shape = shape_on(
+        env.catalog, model, env.catalog.formats[fmt], cell.resources, env.sweep.placement.cluster
+    )
     return (shape.tp, shape.pp) if shape else (model.gpus.get(fmt, 1), 1)
 
 
-def _measure_remote(cr: CellRun, jobs: list[tuple[str, SuiteConfig, str | None, int | None]], baseline: bool) -> list[Docs]:
+def _measure_remote(
+    cr: CellRun, jobs: list[tuple[str, SuiteConfig, str | None, int | None]], baseline: bool
+) -> list[Docs]:
     """Per-document values of (checkpoint, suite) pairs as concurrent fresh-process Ray tasks.
 
     The baseline runs with the baseline's own tensor parallelism, not the tuned format's.
@@ -244,7 +264,7 @@ def _measure_remote(cr: CellRun, jobs: list[tuple[str, SuiteConfig, str | None, 
         opts, pg = engine_options(t.cpus_per_trial, tp if env.gpu else 0, pp, accel)
         groups += [pg] if pg is not None else []
         fn = ray.remote(max_calls=1)(measure).options(runtime_env={"env_vars": env_vars}, **opts)
-        refs.append(fn.remote(env, path, suite, include, budget, tp, pp))
+        refs.append(fn.remote(env, path, suite, include, budget, tp, pp))  # type: ignore[call-arg]  # ray types remote() up to 5 args
     try:
         return ray.get(refs)
     finally:
@@ -279,8 +299,15 @@ def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
         return tune.Tuner.restore(str(path), trainable=fn, resume_unfinished=True, resume_errored=True)
     # reuse_actors: a trial process imports llmcompressor, vLLM and lm-eval once, not once per trial
     at_once = cr.cell.resources.trials or t.max_concurrent  # the plan's: what the scheduler holds for it
-    config = tune.TuneConfig(metric="recovery", mode="max", num_samples=t.num_samples, max_concurrent_trials=at_once,
-                             search_alg=_search_alg(t), scheduler=_scheduler(t), reuse_actors=True)
+    config = tune.TuneConfig(
+        metric="recovery",
+        mode="max",
+        num_samples=t.num_samples,
+        max_concurrent_trials=at_once,
+        search_alg=_search_alg(t),
+        scheduler=_scheduler(t),
+        reuse_actors=True,
+    )
     run = tune.RunConfig(name=path.name, storage_path=str(path.parent), callbacks=[_progress_callback(cr)])
     return tune.Tuner(fn, param_space=_param_space(t), tune_config=config, run_config=run)
 
@@ -317,17 +344,37 @@ def _setup(cr: CellRun, path: Path) -> TrialSetup:
         from cluster.eval.scoring import docs_from_rows
         from cluster.store.datasets import rows
 
-        found = rows(env.out, "eval_samples", sweep=env.sweep.name, model=cell.model, format=env.sweep.baseline,
-                     suite=suite.name)
+        found = rows(
+            env.out,
+            "eval_samples",
+            sweep=env.sweep.name,
+            model=cell.model,
+            format=env.sweep.baseline,
+            suite=suite.name,
+        )
         base_docs = docs_from_rows(found, suite)
     else:
         cr.report(f"measuring the baseline on {suite.name}")
-        base_docs = _cached_docs(path / f"baseline-{suite.name}.json",
-                                 lambda: _measure_remote(cr, [(base["path"], suite, include, steps[-1])], baseline=True)[0])
-    return TrialSetup(env, cell.model, cell.format, prepared["path"], prepared.get("instruct_source"),
-                      env.catalog.formats[cell.format].recipe, suite, include, steps,
-                      task_sizes([x.name for x in suite.tasks], include), base_docs,
-                      str(path / "artifacts"), cell.route, _tp(env, cell)[0])
+        base_docs = _cached_docs(
+            path / f"baseline-{suite.name}.json",
+            lambda: _measure_remote(cr, [(base["path"], suite, include, steps[-1])], baseline=True)[0],
+        )
+    return TrialSetup(
+        env,
+        cell.model,
+        cell.format,
+        prepared["path"],
+        prepared.get("instruct_source"),
+        env.catalog.formats[cell.format].recipe,
+        suite,
+        include,
+        steps,
+        task_sizes([x.name for x in suite.tasks], include),
+        base_docs,
+        str(path / "artifacts"),
+        cell.route,
+        _tp(env, cell)[0],
+    )
 
 
 def run(cr: CellRun) -> CellResult:
@@ -361,7 +408,9 @@ def run(cr: CellRun) -> CellResult:
         if t.validation_suite:
             rows[best].update(_validate(cr, setup, recipe))
             note += f"; {t.validation_suite} validation recovery {rows[best]['validation_recovery_pct']:.2f}%"
-            files[f"tune/{name}/validation.json"] = {k: rows[best][k] for k in ("validation_suite", "validation_recovery_pct")}
+            files[f"tune/{name}/validation.json"] = {
+                k: rows[best][k] for k in ("validation_suite", "validation_recovery_pct")
+            }
     if resumed:
         note = f"resumed the interrupted search (finished trials kept); {note}"
     return CellResult(rows={"trials": rows}, files=files, context=cr.context(1), note=note)
@@ -377,7 +426,9 @@ def _validate(cr: CellRun, setup: TrialSetup, recipe: RecipeConfig) -> dict[str,
     best_path, _ = trial_checkpoint(setup, recipe)
     cr.report(f"validating the best recipe on {suite.name}")
     best_docs, base_docs = _measure_remote(
-        cr, [(best_path, suite, include, t.limit), (cr.input_of("quantize")["path"], suite, include, t.limit)], baseline=False
+        cr,
+        [(best_path, suite, include, t.limit), (cr.input_of("quantize")["path"], suite, include, t.limit)],
+        baseline=False,
     )
     recovery = recovery_pct(docs_score(suite, best_docs), docs_score(suite, base_docs))
     return {"validation_suite": suite.name, "validation_recovery_pct": recovery}
@@ -390,15 +441,25 @@ def _trial_row(cr: CellRun, r: Any, full_budget: int) -> dict:
     rungs = [] if history is None or "recovery" not in history else [float(x) for x in history["recovery"]]
     budget = met.get("budget")
     return {
-        **coords(cr), "trial_id": str(met.get("trial_id", Path(r.path).name)),
-        "params": sorted((k, str(v)) for k, v in (r.config or {}).items()), "suite": t.suite or "",
-        "search": t.search, "scheduler": t.scheduler, "score": met.get("score"),
-        "baseline_score": met.get("baseline_score"), "recovery_pct": met.get("recovery"),
-        "rung_recovery_pct": [x for x in rungs if not math.isnan(x)], "budget": budget,
+        **coords(cr),
+        "trial_id": str(met.get("trial_id", Path(r.path).name)),
+        "params": sorted((k, str(v)) for k, v in (r.config or {}).items()),
+        "suite": t.suite or "",
+        "search": t.search,
+        "scheduler": t.scheduler,
+        "score": met.get("score"),
+        "baseline_score": met.get("baseline_score"),
+        "recovery_pct": met.get("recovery"),
+        "rung_recovery_pct": [x for x in rungs if not math.isnan(x)],
+        "budget": budget,
         "stopped_early": r.error is None and budget is not None and budget < full_budget,
-        "status": "error" if r.error else "ok", "artifact_key": met.get("artifact_key"),
-        "rtn_fallback_modules": list(met.get("rtn_fallback_modules") or []), "wall_s": met.get("wall_s"),
-        "is_best": False, "validation_suite": None, "validation_recovery_pct": None,
+        "status": "error" if r.error else "ok",
+        "artifact_key": met.get("artifact_key"),
+        "rtn_fallback_modules": list(met.get("rtn_fallback_modules") or []),
+        "wall_s": met.get("wall_s"),
+        "is_best": False,
+        "validation_suite": None,
+        "validation_recovery_pct": None,
     }
 
 

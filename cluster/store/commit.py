@@ -41,8 +41,14 @@ def staging_dir(root: Path, key: str) -> Path:
 
 def coords(sweep: str, cell: Cell) -> dict[str, str]:
     """The partition coordinates of a cell's rows."""
-    return {"sweep": sweep, "model": cell.model, "format": cell.format, "suite": cell.suite,
-            "hardware": cell.hardware, "use_case": cell.use_case}
+    return {
+        "sweep": sweep,
+        "model": cell.model,
+        "format": cell.format,
+        "suite": cell.suite,
+        "hardware": cell.hardware,
+        "use_case": cell.use_case,
+    }
 
 
 def _move_dir(staged: Path, final: Path) -> None:
@@ -58,8 +64,15 @@ def _move_dir(staged: Path, final: Path) -> None:
 
 
 def commit(
-    root: Path, sweep: str, cell: Cell, result: CellResult, prov: Provenance, writes: tuple[str, ...],
-    status: str, started: float, error: str = "",
+    root: Path,
+    sweep: str,
+    cell: Cell,
+    result: CellResult,
+    prov: Provenance,
+    writes: tuple[str, ...],
+    status: str,
+    started: float,
+    error: str = "",
 ) -> dict[str, Any]:
     """Publish a cell's result under root and write its manifest; return the manifest."""
     root = Path(root)
@@ -70,20 +83,34 @@ def commit(
     staged: dict[str, Path | None] = {}
     for name in writes:
         rows = result.rows.get(name, [])
-        staged[name] = datasets.stage_table(stage, name, datasets.to_table(name, rows, prov, ctx), where) if rows else None
+        staged[name] = (
+            datasets.stage_table(stage, name, datasets.to_table(name, rows, prov, ctx), where)
+            if rows
+            else None
+        )
     checksums = {str(p.relative_to(stage)): datasets.sha256(p) for p in staged.values() if p is not None}
     for name, path in staged.items():
         datasets.publish_table(root, name, where, path)
     for rel, obj in result.files.items():
-        write_json_atomically(root / rel, obj) if not isinstance(obj, str) else write_text_atomically(root / rel, obj)
+        write_json_atomically(root / rel, obj) if not isinstance(obj, str) else write_text_atomically(
+            root / rel, obj
+        )
     for rel, src in result.artifacts.items():
         _move_dir(Path(src), root / rel)
     body = {
-        **manifest.cell_dict(cell), "status": status, "error": error, "run_id": prov.run_id,
-        "started_at": started, "finished_at": time.time(), "wall_s": round(time.time() - started, 3),
-        "rows": {n: len(result.rows.get(n, [])) for n in writes}, "checksums": checksums,
-        "files": sorted(result.files), "artifacts": sorted(result.artifacts),
-        "outputs": json.loads(json.dumps(result.outputs, default=str)), "context": ctx.columns(),
+        **manifest.cell_dict(cell),
+        "status": status,
+        "error": error,
+        "run_id": prov.run_id,
+        "started_at": started,
+        "finished_at": time.time(),
+        "wall_s": round(time.time() - started, 3),
+        "rows": {n: len(result.rows.get(n, [])) for n in writes},
+        "checksums": checksums,
+        "files": sorted(result.files),
+        "artifacts": sorted(result.artifacts),
+        "outputs": json.loads(json.dumps(result.outputs, default=str)),
+        "context": ctx.columns(),
         "note": result.note,
     }
     write_json_atomically(manifest.path(root, cell.key), body)

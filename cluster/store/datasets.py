@@ -86,7 +86,9 @@ def publish_table(root: Path, name: str, coords: dict[str, str], staged: Path | 
     os.replace(staged, final)
 
 
-def read(root: Path | str, name: str, filters: list | None = None, columns: list[str] | None = None) -> pa.Table:
+def read(
+    root: Path | str, name: str, filters: list | None = None, columns: list[str] | None = None
+) -> pa.Table:
     """A dataset read back with its explicit schema (an empty table when nothing is committed)."""
     import pyarrow.dataset as pads
 

@@ -54,8 +54,9 @@ def cell_from(data: dict[str, Any]) -> Cell:
 def write_plan(root: Path, sweep: str, run_id: str, host: str, cells: list[Cell]) -> Path:
     """Snapshot the plan a run is working on (for `status`)."""
     target = Path(root) / "plans" / f"{sweep}.json"
-    write_json_atomically(target, {"sweep": sweep, "run_id": run_id, "host": host,
-                                   "cells": [cell_dict(c) for c in cells]})
+    write_json_atomically(
+        target, {"sweep": sweep, "run_id": run_id, "host": host, "cells": [cell_dict(c) for c in cells]}
+    )
     return target
 
 

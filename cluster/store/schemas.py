@@ -37,7 +37,6 @@ def _schema(*fields: pa.Field, extra_keys: tuple[str, ...] = ()) -> pa.Schema:
     return pa.schema([*keys, *fields, *PROVENANCE])
 
 
-
 QUANTIZED = _schema(
     pa.field("label", pa.string(), nullable=False),
     pa.field("algorithm", pa.string(), nullable=False),
@@ -206,26 +205,28 @@ SIMILARITY = _schema(
     pa.field("bertscore_model", pa.string(), nullable=False),
 )
 
-GUIDELINE = pa.schema([
-    pa.field("sweep", pa.string(), nullable=False),
-    pa.field("model", pa.string(), nullable=False),
-    pa.field("hardware", pa.string(), nullable=False),
-    pa.field("mode", pa.string(), nullable=False),  # sync | async
-    pa.field("slo", pa.string(), nullable=False),  # an SLO's name; "none": latency unconstrained
-    pa.field("slo_detail", pa.string(), nullable=False),
-    pa.field("use_case", pa.string(), nullable=False),  # a use case, or "all" (every one measured)
-    pa.field("format", pa.string()),  # the format to deploy; null when the data cannot decide
-    pa.field("decision", pa.string(), nullable=False),  # deploy | tie | undecided
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("queries_per_dollar", _F64),
-    pa.field("cost_reduction", _F64),  # vs the baseline format, mean over the use cases
-    pa.field("recovery_pct", _F64),  # the lowest over the suites the floor applies to
-    pa.field("recovery_floor", _F64, nullable=False),
-    pa.field("baseline_format", pa.string(), nullable=False),
-    pa.field("runner_up", pa.string()),
-    pa.field("considered", pa.list_(pa.string()), nullable=False),  # one verdict per format
-    *PROVENANCE,
-])
+GUIDELINE = pa.schema(
+    [
+        pa.field("sweep", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("hardware", pa.string(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),  # sync | async
+        pa.field("slo", pa.string(), nullable=False),  # an SLO's name; "none": latency unconstrained
+        pa.field("slo_detail", pa.string(), nullable=False),
+        pa.field("use_case", pa.string(), nullable=False),  # a use case, or "all" (every one measured)
+        pa.field("format", pa.string()),  # the format to deploy; null when the data cannot decide
+        pa.field("decision", pa.string(), nullable=False),  # deploy | tie | undecided
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("queries_per_dollar", _F64),
+        pa.field("cost_reduction", _F64),  # vs the baseline format, mean over the use cases
+        pa.field("recovery_pct", _F64),  # the lowest over the suites the floor applies to
+        pa.field("recovery_floor", _F64, nullable=False),
+        pa.field("baseline_format", pa.string(), nullable=False),
+        pa.field("runner_up", pa.string()),
+        pa.field("considered", pa.list_(pa.string()), nullable=False),  # one verdict per format
+        *PROVENANCE,
+    ]
+)
 
 CATALOG: dict[str, pa.Schema] = {
     "quantized": QUANTIZED,

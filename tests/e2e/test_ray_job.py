@@ -43,9 +43,18 @@ JOB = ["serve.keep=true", f"serve.api_key={KEY}"]  # neither changes a cell key 
 def head_node(smoke):  # the embedded run first: two Rays never share the machine's 2 cores
     from serve.app import ray_env
 
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **ray_env("haproxy")}  # as k8s/ pods carry them
-    subprocess.run([str(BIN / "ray"), "start", "--head", "--num-cpus", "8", "--disable-usage-stats"],
-                   check=True, capture_output=True, env=env, timeout=180)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        **ray_env("haproxy"),
+    }  # as k8s/ pods carry them
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--num-cpus", "8", "--disable-usage-stats"],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=180,
+    )
     try:
         yield {**env, "RAY_AUTH_MODE": "token"}
     finally:
@@ -56,8 +65,22 @@ def head_node(smoke):  # the embedded run first: two Rays never share the machin
 
 
 def _submit(env: dict, out: Path, *extra: str, log: Path | None = None):
-    cmd = [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--", "python", "-m", "cluster", "run",
-           "sweeps/smoke.yaml", f"output_root={out}", *JOB, *extra]
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "cluster",
+        "run",
+        "sweeps/smoke.yaml",
+        f"output_root={out}",
+        *JOB,
+        *extra,
+    ]
     if log is None:
         return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -94,8 +117,13 @@ def _kill_when(env: dict, out: Path, name: str, ready) -> dict[str, dict]:
 
 
 def _status(out: Path) -> str:
-    proc = subprocess.run([sys.executable, "-m", "cluster", "status", str(out)], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "status", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return next(line for line in proc.stdout.splitlines() if "sweep smoke" in line)
 
@@ -156,15 +184,27 @@ def test_the_job_equals_the_embedded_run_cell_for_cell(job, smoke):
     for name in CATALOG:
         if name != "guideline":  # written by the report, not by a cell
             assert _cells(out, name) == _cells(embedded, name), name
-    assert {p.name for p in (out / "cells").glob("*.json")} == {p.name for p in (embedded / "cells").glob("*.json")}
-    for name, cols in (("eval_scores", ("value",)), ("eval_samples", ("response", "metrics")), ("recovery", ("score",))):
-        ours = sorted((r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
-                      for r in datasets.rows(out, name))
-        theirs = sorted((r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
-                        for r in datasets.rows(embedded, name))
+    assert {p.name for p in (out / "cells").glob("*.json")} == {
+        p.name for p in (embedded / "cells").glob("*.json")
+    }
+    for name, cols in (
+        ("eval_scores", ("value",)),
+        ("eval_samples", ("response", "metrics")),
+        ("recovery", ("score",)),
+    ):
+        ours = sorted(
+            (r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
+            for r in datasets.rows(out, name)
+        )
+        theirs = sorted(
+            (r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
+            for r in datasets.rows(embedded, name)
+        )
         assert ours == theirs, name
     trials = {dict(r["params"])["group_size"]: r["recovery_pct"] for r in datasets.rows(out, "trials")}
-    assert trials == {dict(r["params"])["group_size"]: r["recovery_pct"] for r in datasets.rows(embedded, "trials")}
+    assert trials == {
+        dict(r["params"])["group_size"]: r["recovery_pct"] for r in datasets.rows(embedded, "trials")
+    }
     title = _status(out)
     assert "pending" not in title and "failed" not in title
 
@@ -187,8 +227,15 @@ def served(job):
     os.environ["RAY_AUTH_MODE"] = "token"  # read the token `ray start` wrote
     ray.init(address="auto", log_to_driver=False)  # this test process joins the job's cluster as a client
     url = "http://127.0.0.1:8000/organism-bf16"
-    assert httpx.post(f"{url}/v1/completions", json={"model": "organism-bf16", "prompt": "x", "max_tokens": 2},
-                      headers=AUTH, timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "organism-bf16", "prompt": "x", "max_tokens": 2},
+            headers=AUTH,
+            timeout=60,
+        ).status_code
+        == 200
+    )
     return url
 
 
@@ -213,21 +260,31 @@ def test_openai_client_streams_and_chats(served):
 
     client = OpenAI(base_url=f"{served}/v1", api_key=KEY)
     assert [m.id for m in client.models.list().data] == ["organism-bf16"]
-    stream = client.completions.create(model="organism-bf16", prompt="Question: What is 2 plus 3?\nAnswer:",
-                                       max_tokens=12, temperature=0, stream=True,
-                                       extra_body={"min_tokens": 12, "ignore_eos": True})
+    stream = client.completions.create(
+        model="organism-bf16",
+        prompt="Question: What is 2 plus 3?\nAnswer:",
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        extra_body={"min_tokens": 12, "ignore_eos": True},
+    )
     chunks = [c.choices[0].text for c in stream if c.choices]
     assert len(chunks) >= 2 and "".join(chunks)
-    reply = client.chat.completions.create(model="organism-bf16", messages=[{"role": "user", "content": "hi"}],
-                                           max_tokens=5, temperature=0)
+    reply = client.chat.completions.create(
+        model="organism-bf16", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0
+    )
     assert reply.usage.prompt_tokens > 3 and reply.choices[0].message.content is not None
 
 
 def test_a_bad_request_is_an_http_error_not_a_crash(served):
     import httpx
 
-    r = httpx.post(f"{served}/v1/completions", json={"model": "no-such-model", "prompt": "x", "max_tokens": 2},
-                   headers=AUTH, timeout=60)
+    r = httpx.post(
+        f"{served}/v1/completions",
+        json={"model": "no-such-model", "prompt": "x", "max_tokens": 2},
+        headers=AUTH,
+        timeout=60,
+    )
     assert r.status_code in (400, 404)
 
 
@@ -235,8 +292,11 @@ def _replicas(app: str) -> list[str]:
     import ray
 
     prefix = f"SERVE_REPLICA::{app}#"
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["namespace"] == "serve" and a["name"].startswith(prefix) and "LLMServer" in a["name"])
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and a["name"].startswith(prefix) and "LLMServer" in a["name"]
+    )
 
 
 def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(served):
@@ -250,8 +310,17 @@ def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(serve
     out: dict = {}
 
     def load() -> None:
-        out["records"] = loadgen.run_concurrent(served, "organism-bf16", prompts, 16, concurrency=4,
-                                                max_requests=100_000, duration_s=15, timeout_s=20, api_key=KEY)
+        out["records"] = loadgen.run_concurrent(
+            served,
+            "organism-bf16",
+            prompts,
+            16,
+            concurrency=4,
+            max_requests=100_000,
+            duration_s=15,
+            timeout_s=20,
+            api_key=KEY,
+        )
 
     runner = threading.Thread(target=load, daemon=True)
     runner.start()
@@ -265,7 +334,9 @@ def test_a_killed_replica_fails_its_requests_visibly_and_serve_replaces_it(serve
     assert failed and all(r.status == "error" and r.error for r in failed)
     assert all(r.send_time + r.end_s >= killed_at for r in failed)  # only the crash failed requests
     s = metrics.summarize(records)
-    assert (s["completed"], s["failed"]) == (len(ok), len(failed)) and s["completed"] + s["failed"] == len(records)
+    assert (s["completed"], s["failed"]) == (len(ok), len(failed)) and s["completed"] + s["failed"] == len(
+        records
+    )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = serve.status().applications["quantsweep-organism-bf16"]

@@ -45,7 +45,11 @@ def test_every_format_is_quantized_checked_and_evaluated_on_this_host(smoke):
     assert {r["format"] for r in scores if r["status"] == "measured"} == FORMATS
     dense = bool(host_profile().missing_kernel("W4A16"))
     for r in scores:  # weight-only formats go through a dense copy exactly where vLLM lacks their kernel
-        expected = "base" if r["format"] == "bf16" else ("dequantized" if dense and r["format"] in WEIGHT_ONLY else "compressed")
+        expected = (
+            "base"
+            if r["format"] == "bf16"
+            else ("dequantized" if dense and r["format"] in WEIGHT_ONLY else "compressed")
+        )
         assert r["weights"] == expected and r["backend"] == "vllm", r
     samples = [r for r in _rows(out, "eval_samples") if r["task"] == "qs_tiny_gen"]
     for f in FORMATS:
@@ -67,7 +71,9 @@ def test_recovery_shows_a_real_loss_next_to_a_recipe_that_recovers(smoke):
         assert r["recovery_ci_low"] <= r["recovery_pct"] <= r["recovery_ci_high"]
     scores = [r for r in _rows(out, "eval_scores") if r["format"] == "w4a16-int"]
     mean = sum(r["value"] for r in scores) / len(scores) * 100
-    assert gptq["score"] == pytest.approx(mean) and gptq["recovery_pct"] == pytest.approx(100 * mean / rec["bf16"]["score"])
+    assert gptq["score"] == pytest.approx(mean) and gptq["recovery_pct"] == pytest.approx(
+        100 * mean / rec["bf16"]["score"]
+    )
 
 
 def test_perf_measured_where_possible_and_every_other_cell_says_why(smoke):
@@ -82,7 +88,9 @@ def test_perf_measured_where_possible_and_every_other_cell_says_why(smoke):
     measured = [r for r in perf if r["status"] == "measured"]
     assert {r["format"] for r in measured} == measurable
     for r in measured:
-        assert r["completed"] > 0 and r["failed"] == 0 and r["mean_ttft_ms"] > 0 and r["queries_per_dollar"] > 0
+        assert (
+            r["completed"] > 0 and r["failed"] == 0 and r["mean_ttft_ms"] > 0 and r["queries_per_dollar"] > 0
+        )
     ok = [r for r in _rows(out, "requests") if r["status"] == "ok" and not r["warmup"]]
     assert ok and all(r["output_tokens"] == 32 and r["prompt_tokens"] == 64 for r in ok)
 
@@ -136,18 +144,32 @@ def test_lm_eval_results_json_written_per_checkpoint(smoke):
 
 def test_status_lists_every_cell_of_the_finished_run(smoke):
     out, _ = smoke
-    proc = subprocess.run([sys.executable, "-m", "cluster", "status", str(out)], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "status", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     title = next(line for line in proc.stdout.splitlines() if "sweep smoke" in line)
     skipped = 1 + (1 if host_profile().missing_kernel("W4A16") else 0)  # fp8 (+ INT4 on AVX2) load tests
-    assert f"{CELLS - skipped} done, {skipped} skipped" in title and "pending" not in title and "failed" not in title
+    assert (
+        f"{CELLS - skipped} done, {skipped} skipped" in title
+        and "pending" not in title
+        and "failed" not in title
+    )
 
 
 def test_a_rerun_recomputes_nothing(smoke):
     out, _ = smoke
-    proc = subprocess.run([sys.executable, "-m", "cluster", "run", "sweeps/smoke.yaml", f"output_root={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "run", "sweeps/smoke.yaml", f"output_root={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert f"all {CELLS} cells already committed" in proc.stdout and "start " not in proc.stdout
     assert "Accuracy recovery" in proc.stdout  # the report is read back from the datasets

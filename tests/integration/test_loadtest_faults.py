@@ -42,7 +42,9 @@ SERVE = [
 
 @pytest.mark.parametrize("profile", ["poisson", "constant", "concurrent", "sweep"])
 def test_failed_requests_reach_requests_and_perf_rows(tmp_path, tiny, profile):
-    sweep, cat = load_sweep(REPO / "sweeps" / "smoke.yaml", [*SERVE, f"serve.profile={profile}", f"output_root={tmp_path}"])
+    sweep, cat = load_sweep(
+        REPO / "sweeps" / "smoke.yaml", [*SERVE, f"serve.profile={profile}", f"output_root={tmp_path}"]
+    )
     prov = Provenance(config_hash="t", git_sha="t", seed=0)
     env = RunEnv(sweep, cat, str(tmp_path), host_profile(), prov, gpu=False)
     cell = next(c for c in plan(sweep, cat, env.host) if c.stage == "loadtest" and c.format == "bf16")
@@ -51,9 +53,14 @@ def test_failed_requests_reach_requests_and_perf_rows(tmp_path, tiny, profile):
         session = {"urls": {loadtest.model_id(cell.model, cell.format): url}}
         result = loadtest.run(CellRun(cell, env, {"h": health}, session))
     perf, reqs = result.rows["perf"], result.rows["requests"]
-    assert {p["profile"] for p in perf} == {"synchronous", "concurrent" if profile == "concurrent" else
-                                            "poisson" if profile in ("poisson", "sweep") else profile} | (
-        {"concurrent"} if profile == "sweep" else set())
+    assert {p["profile"] for p in perf} == {
+        "synchronous",
+        "concurrent"
+        if profile == "concurrent"
+        else "poisson"
+        if profile in ("poisson", "sweep")
+        else profile,
+    } | ({"concurrent"} if profile == "sweep" else set())
 
     measured = [r for r in reqs if not r["warmup"]]
     errors = [r for r in measured if r["status"] == "error"]
@@ -67,7 +74,8 @@ def test_failed_requests_reach_requests_and_perf_rows(tmp_path, tiny, profile):
     commit(tmp_path, sweep.name, cell, result, prov, ("perf", "requests"), "done", time.time())
     rows = datasets.rows(tmp_path, "requests")
     assert sorted(r["error"] for r in rows if r["status"] == "error" and not r["warmup"]) == sorted(
-        r["error"] for r in errors)
+        r["error"] for r in errors
+    )
     assert sum(r["failed"] for r in datasets.rows(tmp_path, "perf")) == len(errors)
     exported = [json.loads(p.read_text()) for p in (tmp_path / "perf").rglob("*.json")]
     assert len(exported) == len(perf)

@@ -32,7 +32,9 @@ def quantized(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     out = {}
     for f in FORMATS:
-        meta = quantize_into(str(tiny.model_dir), _recipe(f), root / f, host_profile().compute_dtype, str(tiny.instruct_file))
+        meta = quantize_into(
+            str(tiny.model_dir), _recipe(f), root / f, host_profile().compute_dtype, str(tiny.instruct_file)
+        )
         out[f] = (_recipe(f), {**meta, "path": str(root / f)})
     return root, out
 
@@ -43,14 +45,22 @@ def _qconfig(meta: dict) -> dict:
 
 def test_fp8_dynamic_matches_the_recipe(quantized):
     group = _qconfig(quantized[1]["w8a8-fp"][1])["config_groups"]["group_0"]
-    assert (group["weights"]["type"], group["weights"]["num_bits"], group["weights"]["strategy"]) == ("float", 8, "channel")
+    assert (group["weights"]["type"], group["weights"]["num_bits"], group["weights"]["strategy"]) == (
+        "float",
+        8,
+        "channel",
+    )
     assert group["input_activations"]["dynamic"] and group["input_activations"]["strategy"] == "token"
 
 
 def test_int8_is_per_channel_weights_and_dynamic_per_token_activations(quantized):
     q = _qconfig(quantized[1]["w8a8-int"][1])
     group = q["config_groups"]["group_0"]
-    assert (group["weights"]["type"], group["weights"]["num_bits"], group["weights"]["strategy"]) == ("int", 8, "channel")
+    assert (group["weights"]["type"], group["weights"]["num_bits"], group["weights"]["strategy"]) == (
+        "int",
+        8,
+        "channel",
+    )
     assert group["input_activations"]["type"] == "int" and group["input_activations"]["dynamic"]
     assert "lm_head" in q["ignore"]
 
@@ -58,7 +68,11 @@ def test_int8_is_per_channel_weights_and_dynamic_per_token_activations(quantized
 def test_int4_groups_of_128_with_mse_clipping_and_no_activation_quantization(quantized):
     runs = quantized[1]
     group = _qconfig(runs["w4a16-int"][1])["config_groups"]["group_0"]
-    assert (group["weights"]["num_bits"], group["weights"]["group_size"], group["weights"]["symmetric"]) == (4, 128, True)
+    assert (group["weights"]["num_bits"], group["weights"]["group_size"], group["weights"]["symmetric"]) == (
+        4,
+        128,
+        True,
+    )
     assert group["weights"]["observer"] == "mse" and group.get("input_activations") is None
     assert runs["w4a16-int"][1]["size_bytes"] < runs["w8a8-int"][1]["size_bytes"]
 
@@ -77,7 +91,11 @@ def test_planted_gptq_fallback_is_recorded_and_flagged(tiny, tmp_path):
     """GPTQ on one calibration token with (almost) no dampening: every Hessian is rank one."""
     recipe = load_catalog().formats["w8a8-int"].recipe
     recipe.dampening_frac = 1e-9
-    recipe.calibration.source, recipe.calibration.num_samples, recipe.calibration.max_seq_length = "random", 1, 1
+    recipe.calibration.source, recipe.calibration.num_samples, recipe.calibration.max_seq_length = (
+        "random",
+        1,
+        1,
+    )
     meta = quantize_into(str(tiny.model_dir), recipe, tmp_path / "ckpt", host_profile().compute_dtype, None)
     assert meta["rtn_fallback_modules"], "the rank-one Hessians must fail to invert"
     assert all(name.startswith("model.layers.") for name in meta["rtn_fallback_modules"])
@@ -87,7 +105,10 @@ def test_planted_gptq_fallback_is_recorded_and_flagged(tiny, tmp_path):
 
 def test_healthy_gptq_records_no_fallback(quantized):
     runs = quantized[1]
-    assert runs["w8a8-int"][1]["rtn_fallback_modules"] == [] and runs["w4a16-int"][1]["rtn_fallback_modules"] == []
+    assert (
+        runs["w8a8-int"][1]["rtn_fallback_modules"] == []
+        and runs["w4a16-int"][1]["rtn_fallback_modules"] == []
+    )
 
 
 def test_each_checkpoint_config_matches_its_recipe_and_no_other(quantized):
@@ -98,7 +119,9 @@ def test_each_checkpoint_config_matches_its_recipe_and_no_other(quantized):
             assert health.config_mismatches(runs[other][0], meta["path"]), (fmt, other)
     recipe = copy.deepcopy(runs["w4a16-int"][0])
     recipe.group_size = 64
-    assert health.config_mismatches(recipe, runs["w4a16-int"][1]["path"]) == ["weights.group_size is 128, recipe wants 64"]
+    assert health.config_mismatches(recipe, runs["w4a16-int"][1]["path"]) == [
+        "weights.group_size is 128, recipe wants 64"
+    ]
 
 
 def test_a_weight_only_checkpoint_dequantizes_onto_its_int4_grid(quantized, tmp_path):

@@ -62,7 +62,9 @@ def test_humaneval_path_generates_with_the_hosts_and_scores_in_the_sandbox(shard
     assert out["humaneval"]["results"]["humaneval"]["pass@1,none"] == sum(s["pass@1"] for s in samples) / 3
 
 
-def test_a_host_reloads_only_when_the_checkpoint_changes(sharded, tiny, organism_assets, cpu_hosts, ray_local):
+def test_a_host_reloads_only_when_the_checkpoint_changes(
+    sharded, tiny, organism_assets, cpu_hosts, ray_local
+):
     again = ray_local.get(cpu_hosts[0].load.remote(str(tiny.model_dir), lm_kwargs()))
     assert again["ok"] and again["load_s"] == 0.0  # already loaded
     other = ray_local.get(cpu_hosts[0].load.remote(str(organism_assets.model_dir), lm_kwargs()))
@@ -80,7 +82,9 @@ def _kill_when_started(lm: ShardedLM, pid: int, done: threading.Event) -> None:
     done.set()
 
 
-def test_a_host_killed_mid_run_is_replaced_and_every_sample_written_once(tiny, cpu_hosts, ray_local, tiny_reference):
+def test_a_host_killed_mid_run_is_replaced_and_every_sample_written_once(
+    tiny, cpu_hosts, ray_local, tiny_reference
+):
     from cluster.eval.engine_host import cpu_host
     from serve.config import EngineConfig
 
@@ -101,7 +105,8 @@ def test_a_host_killed_mid_run_is_replaced_and_every_sample_written_once(tiny, c
         ids = [s["doc_id"] for s in out["samples"][task]]
         assert len(ids) == len(set(ids)) == len(tiny_reference["samples"][task])
         assert {s["doc_id"]: s["filtered_resps"] for s in out["samples"][task]} == {
-            s["doc_id"]: s["filtered_resps"] for s in tiny_reference["samples"][task]}
+            s["doc_id"]: s["filtered_resps"] for s in tiny_reference["samples"][task]
+        }
 
 
 def test_without_replacements_the_actor_error_reaches_the_caller(tiny, ray_local):

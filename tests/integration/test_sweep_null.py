@@ -19,7 +19,9 @@ def test_rates_lie_strictly_between_sync_and_peak():
 
 def test_sweep_walks_from_sync_to_peak_and_stays_bounded():
     prompts = loadgen.make_prompts(256, 8, 32, seed=1)
-    cfg = ServeConfig(sweep_points=3, sync_requests=3, async_duration_s=1.0, async_max_requests=20, request_timeout_s=10)
+    cfg = ServeConfig(
+        sweep_points=3, sync_requests=3, async_duration_s=1.0, async_max_requests=20, request_timeout_s=10
+    )
     with null_server(chunk_delay_s=0.01) as url:
         recs = run_sweep(url, "null-model", prompts, 4, cfg, peak_concurrency=4)
     profiles = [r.profile for r in recs if not r.warmup]
@@ -32,8 +34,14 @@ def test_sweep_walks_from_sync_to_peak_and_stays_bounded():
 
 def test_sweep_stops_past_the_error_budget():
     prompts = loadgen.make_prompts(256, 8, 32, seed=1)
-    cfg = ServeConfig(sweep_points=4, sync_requests=2, async_duration_s=1.0, async_max_requests=20,
-                      error_budget=0.05, request_timeout_s=10)
+    cfg = ServeConfig(
+        sweep_points=4,
+        sync_requests=2,
+        async_duration_s=1.0,
+        async_max_requests=20,
+        error_budget=0.05,
+        request_timeout_s=10,
+    )
     with null_server(fail_every=2, chunk_delay_s=0.01) as url:
         recs = run_sweep(url, "null-model", prompts, 4, cfg, peak_concurrency=4)
     rates = {r.target_rate for r in recs if r.profile == "poisson"}

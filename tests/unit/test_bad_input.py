@@ -23,7 +23,9 @@ def _data() -> dict:
     return yaml.safe_load(SMOKE)
 
 
-def _sweep(tmp: Path, change: Callable[[dict], object] | None = None, text: str | bytes | None = None) -> Path:
+def _sweep(
+    tmp: Path, change: Callable[[dict], object] | None = None, text: str | bytes | None = None
+) -> Path:
     path = tmp / "sweep.yaml"
     if text is None:
         data = _data()
@@ -53,11 +55,14 @@ def _jsonl_model(tmp: Path, body: str) -> Path:
     (conf / "models" / "mine.yaml").write_text(yaml.safe_dump(model))
     (tmp / "model").mkdir()
     (tmp / "model" / "config.json").write_text("{}")
-    return _sweep(tmp, lambda d: d.update(conf_dir=str(conf), models=["mine"], model_paths={"mine": str(tmp / "model")}))
+    return _sweep(
+        tmp, lambda d: d.update(conf_dir=str(conf), models=["mine"], model_paths={"mine": str(tmp / "model")})
+    )
 
 
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n" + "".join(
-    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("bcdefgh", "cdefghi", strict=True)
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("bcdefgh", "cdefghi", strict=True)
 )
 
 # (id, how to make the bad input -> (sweep path, extra CLI args), what the error line must say)
@@ -65,21 +70,57 @@ CASES: list[tuple[str, Callable[[Path], tuple[Path, list[str]]], str]] = [
     ("unknown-key", lambda t: (_sweep(t, lambda d: d.update(colour="red")), []), "unknown key 'colour'"),
     ("unknown-nested-key", lambda t: (_sweep(t, lambda d: d["eval"].update(actorz=2)), []), "eval.actorz"),
     ("wrong-type", lambda t: (_sweep(t, lambda d: d["eval"].update(actors="two")), []), "'eval.actors'"),
-    ("unknown-format", lambda t: (_sweep(t, lambda d: d.update(formats=["bf16", "w3a3"])), []), "unknown 'w3a3'"),
+    (
+        "unknown-format",
+        lambda t: (_sweep(t, lambda d: d.update(formats=["bf16", "w3a3"])), []),
+        "unknown 'w3a3'",
+    ),
     ("unknown-model", lambda t: (_sweep(t, lambda d: d.update(models=["gpt-9"])), []), "unknown 'gpt-9'"),
-    ("unknown-suite", lambda t: (_sweep(t, lambda d: d["eval"].update(suites=["mmlu-x"])), []), "eval.suites names unknown"),
-    ("unknown-use-case", lambda t: (_sweep(t, lambda d: d["serve"].update(use_cases=["chess"])), []), "serve.use_cases"),
-    ("unknown-hardware", lambda t: (_sweep(t, lambda d: d["serve"].update(hardware=["tpu"])), []), "serve.hardware"),
-    ("negative-limit", lambda t: (_sweep(t, lambda d: d["eval"].update(limit=-5)), []), "eval.limit must be >= 1"),
+    (
+        "unknown-suite",
+        lambda t: (_sweep(t, lambda d: d["eval"].update(suites=["mmlu-x"])), []),
+        "eval.suites names unknown",
+    ),
+    (
+        "unknown-use-case",
+        lambda t: (_sweep(t, lambda d: d["serve"].update(use_cases=["chess"])), []),
+        "serve.use_cases",
+    ),
+    (
+        "unknown-hardware",
+        lambda t: (_sweep(t, lambda d: d["serve"].update(hardware=["tpu"])), []),
+        "serve.hardware",
+    ),
+    (
+        "negative-limit",
+        lambda t: (_sweep(t, lambda d: d["eval"].update(limit=-5)), []),
+        "eval.limit must be >= 1",
+    ),
     ("zero-limit", lambda t: (_sweep(t, lambda d: d["eval"].update(limit=0)), []), "eval.limit must be >= 1"),
-    ("nan-rate", lambda t: (_sweep(t, text=SMOKE.replace("async_rate: 4.0", "async_rate: .nan")), []), "serve.async_rate must be a finite"),
-    ("negative-rate", lambda t: (_sweep(t, lambda d: d["serve"].update(async_rate=-1.0)), []), "serve.async_rate must be > 0"),
-    ("inf-duration", lambda t: (_sweep(t, text=SMOKE.replace("async_duration_s: 6", "async_duration_s: .inf")), []), "finite"),
+    (
+        "nan-rate",
+        lambda t: (_sweep(t, text=SMOKE.replace("async_rate: 4.0", "async_rate: .nan")), []),
+        "serve.async_rate must be a finite",
+    ),
+    (
+        "negative-rate",
+        lambda t: (_sweep(t, lambda d: d["serve"].update(async_rate=-1.0)), []),
+        "serve.async_rate must be > 0",
+    ),
+    (
+        "inf-duration",
+        lambda t: (_sweep(t, text=SMOKE.replace("async_duration_s: 6", "async_duration_s: .inf")), []),
+        "finite",
+    ),
     ("port-zero", lambda t: (_sweep(t, lambda d: d["serve"].update(port=0)), []), "serve.port must be >= 1"),
     ("port-too-big", lambda t: (_sweep(t, lambda d: d["serve"].update(port=70000)), []), "<= 65535"),
     ("duplicate-key", lambda t: (_sweep(t, text=SMOKE + "name: again\n"), []), "key 'name' given twice"),
     ("alias-bomb", lambda t: (_sweep(t, text=ALIAS_BOMB), []), "YAML anchors (&a) are not allowed"),
-    ("alias", lambda t: (_sweep(t, text=SMOKE.replace("suites: [tiny]", "suites: &s [tiny]") + "x: *s\n"), []), "not allowed"),
+    (
+        "alias",
+        lambda t: (_sweep(t, text=SMOKE.replace("suites: [tiny]", "suites: &s [tiny]") + "x: *s\n"), []),
+        "not allowed",
+    ),
     ("not-utf8", lambda t: (_sweep(t, text=b"name: caf\xe9\n"), []), "not UTF-8 text (byte 0xe9"),
     ("huge-file", lambda t: (_sweep(t, text="#" * (2 << 20)), []), "config files are limited to"),
     ("nul-byte", lambda t: (_sweep(t, text="name: a\x00b\n"), []), "NUL byte"),
@@ -87,28 +128,99 @@ CASES: list[tuple[str, Callable[[Path], tuple[Path, list[str]]], str]] = [
     ("top-level-list", lambda t: (_sweep(t, text="- a\n- b\n"), []), "expected a mapping at top level"),
     ("empty-models", lambda t: (_sweep(t, lambda d: d.update(models=[])), []), "models must not be empty"),
     ("empty-formats", lambda t: (_sweep(t, lambda d: d.update(formats=[])), []), "formats must not be empty"),
-    ("repeated-format", lambda t: (_sweep(t, lambda d: d.update(formats=["bf16", "bf16"])), []), "lists 'bf16' more than once"),
+    (
+        "repeated-format",
+        lambda t: (_sweep(t, lambda d: d.update(formats=["bf16", "bf16"])), []),
+        "lists 'bf16' more than once",
+    ),
     ("path-in-name", lambda t: (_sweep(t, lambda d: d.update(name="../../etc")), []), "it becomes a path"),
     ("upper-name", lambda t: (_sweep(t, lambda d: d.update(name="Smoke/1")), []), "must match"),
-    ("empty-space", lambda t: (_sweep(t, lambda d: d["tune"].update(space={"group_size": []})), []), "non-empty list"),
-    ("bad-rungs", lambda t: (_sweep(t, lambda d: d["tune"].update(rungs=[50, 10], limit=None)), []), "strictly increasing"),
-    ("recipe-key", lambda t: (_sweep(t, lambda d: d["recipe_overrides"]["w8a8-int"].update(dampen=1)), []), "'dampen' is not a recipe field"),
-    ("recipe-format", lambda t: (_sweep(t, lambda d: d["recipe_overrides"].update({"fp4": {}})), []), "recipe_overrides names unknown 'fp4'"),
-    ("engine-dtype", lambda t: (_sweep(t, lambda d: d["engine"].update(dtype="int3")), []), "engine.dtype 'int3'"),
+    (
+        "empty-space",
+        lambda t: (_sweep(t, lambda d: d["tune"].update(space={"group_size": []})), []),
+        "non-empty list",
+    ),
+    (
+        "bad-rungs",
+        lambda t: (_sweep(t, lambda d: d["tune"].update(rungs=[50, 10], limit=None)), []),
+        "strictly increasing",
+    ),
+    (
+        "recipe-key",
+        lambda t: (_sweep(t, lambda d: d["recipe_overrides"]["w8a8-int"].update(dampen=1)), []),
+        "'dampen' is not a recipe field",
+    ),
+    (
+        "recipe-format",
+        lambda t: (_sweep(t, lambda d: d["recipe_overrides"].update({"fp4": {}})), []),
+        "recipe_overrides names unknown 'fp4'",
+    ),
+    (
+        "engine-dtype",
+        lambda t: (_sweep(t, lambda d: d["engine"].update(dtype="int3")), []),
+        "engine.dtype 'int3'",
+    ),
     ("gpu-util", lambda t: (_sweep(t, lambda d: d["engine"].update(gpu_memory_utilization=1.5)), []), "<= 1"),
-    ("error-budget", lambda t: (_sweep(t, lambda d: d["serve"].update(error_budget=2)), []), "serve.error_budget"),
-    ("trial-cpus", lambda t: (_sweep(t, lambda d: d["tune"].update(cpus_per_trial=0)), []), "tune.cpus_per_trial must be > 0"),
-    ("model-path", lambda t: (_sweep(t, lambda d: d.update(model_paths={"organism": str(t)})), []), "no config.json"),
-    ("prompts-file", lambda t: (_sweep(t, lambda d: d["eval"].setdefault("similarity", {}).update(prompts=str(t / "p.jsonl"))), []), "does not exist"),
-    ("conf-dir", lambda t: (_sweep(t, lambda d: d.update(conf_dir=str(t / "nope"))), []), "is not a directory"),
-    ("conf-price", lambda t: (_conf(t, "hardware.yaml", lambda d: d["a100"]["price_per_hour"].update({1: -1.0})), []), "price_per_hour.1 must be > 0"),
-    ("conf-tokens", lambda t: (_conf(t, "use_cases.yaml", lambda d: d["rag"].update(prompt_tokens=0)), []), "prompt_tokens must be >= 1"),
-    ("conf-model-name", lambda t: (_conf(t, "models/organism.yaml", lambda d: d.update(name="x")), []), "must match the file name"),
-    ("calibration-keys", lambda t: (_jsonl_model(t, '{"question": "q", "answer": "a"}\n'), []), "row 1 has ['answer', 'question']"),
+    (
+        "error-budget",
+        lambda t: (_sweep(t, lambda d: d["serve"].update(error_budget=2)), []),
+        "serve.error_budget",
+    ),
+    (
+        "trial-cpus",
+        lambda t: (_sweep(t, lambda d: d["tune"].update(cpus_per_trial=0)), []),
+        "tune.cpus_per_trial must be > 0",
+    ),
+    (
+        "model-path",
+        lambda t: (_sweep(t, lambda d: d.update(model_paths={"organism": str(t)})), []),
+        "no config.json",
+    ),
+    (
+        "prompts-file",
+        lambda t: (
+            _sweep(t, lambda d: d["eval"].setdefault("similarity", {}).update(prompts=str(t / "p.jsonl"))),
+            [],
+        ),
+        "does not exist",
+    ),
+    (
+        "conf-dir",
+        lambda t: (_sweep(t, lambda d: d.update(conf_dir=str(t / "nope"))), []),
+        "is not a directory",
+    ),
+    (
+        "conf-price",
+        lambda t: (_conf(t, "hardware.yaml", lambda d: d["a100"]["price_per_hour"].update({1: -1.0})), []),
+        "price_per_hour.1 must be > 0",
+    ),
+    (
+        "conf-tokens",
+        lambda t: (_conf(t, "use_cases.yaml", lambda d: d["rag"].update(prompt_tokens=0)), []),
+        "prompt_tokens must be >= 1",
+    ),
+    (
+        "conf-model-name",
+        lambda t: (_conf(t, "models/organism.yaml", lambda d: d.update(name="x")), []),
+        "must match the file name",
+    ),
+    (
+        "calibration-keys",
+        lambda t: (_jsonl_model(t, '{"question": "q", "answer": "a"}\n'), []),
+        "row 1 has ['answer', 'question']",
+    ),
     ("calibration-json", lambda t: (_jsonl_model(t, '{"text": "ok"}\n{oops\n'), []), "line 2 is not JSON"),
-    ("override-no-equals", lambda t: (_sweep(t), ["eval.actors"]), "override 'eval.actors' is not of the form key=value"),
+    (
+        "override-no-equals",
+        lambda t: (_sweep(t), ["eval.actors"]),
+        "override 'eval.actors' is not of the form key=value",
+    ),
     ("override-unknown", lambda t: (_sweep(t), ["eval.actorz=2"]), "eval.actorz"),
-    ("override-twice", lambda t: (_sweep(t), ["eval.actors=2", "eval.actors=3"]), "override 'eval.actors' given twice"),
+    (
+        "override-twice",
+        lambda t: (_sweep(t), ["eval.actors=2", "eval.actors=3"]),
+        "override 'eval.actors' given twice",
+    ),
     ("override-nan", lambda t: (_sweep(t), ["serve.async_rate=.nan"]), "finite"),
     ("override-alias", lambda t: (_sweep(t), ["eval.suites=*x"]), "not allowed"),
     ("missing-file", lambda t: (t / "nope.yaml", []), "nope.yaml: file not found"),
@@ -146,7 +258,14 @@ def test_the_corpus_is_large():
 def test_the_cli_itself_prints_no_traceback_and_writes_nothing(tmp_path):
     path = _sweep(tmp_path, text=ALIAS_BOMB)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "cluster", "run", str(path), f"output_root={out}"],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr + proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster", "run", str(path), f"output_root={out}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert (
+        proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr + proc.stdout
+    )
     assert not out.exists()

@@ -31,23 +31,50 @@ def _prov() -> Provenance:
 
 def _row(fmt: str, rec: float | None, suite: str = "tiny") -> dict:
     return {
-        "sweep": "s", "model": "m", "format": fmt, "suite": suite, "baseline_format": "bf16", "score": 50.0,
-        "baseline_score": 52.0, "recovery_pct": rec, "recovery_ci_low": None, "recovery_ci_high": None,
-        "flips_right_to_wrong": 0, "flips_wrong_to_right": 0, "n_tasks": 2, "health": "ok", "backend": "vllm",
-        "weights": "base", "status": "measured", "reason": "",
+        "sweep": "s",
+        "model": "m",
+        "format": fmt,
+        "suite": suite,
+        "baseline_format": "bf16",
+        "score": 50.0,
+        "baseline_score": 52.0,
+        "recovery_pct": rec,
+        "recovery_ci_low": None,
+        "recovery_ci_high": None,
+        "flips_right_to_wrong": 0,
+        "flips_wrong_to_right": 0,
+        "n_tasks": 2,
+        "health": "ok",
+        "backend": "vllm",
+        "weights": "base",
+        "status": "measured",
+        "reason": "",
     }
 
 
 def _commit(root: Path, fmt: str, rec: float | None, suite: str = "tiny", key: str | None = None) -> dict:
     cell = Cell("recovery", "m", fmt, suite, key=key or f"k-{fmt}-{suite}")
-    result = CellResult(rows={"recovery": [_row(fmt, rec, suite)]}, context=CellContext(cell.key, "float32", 1, "avx2"))
+    result = CellResult(
+        rows={"recovery": [_row(fmt, rec, suite)]}, context=CellContext(cell.key, "float32", 1, "avx2")
+    )
     return commit(root, "s", cell, result, _prov(), ("recovery",), "done", time.time())
 
 
 def test_every_schema_has_keys_provenance_and_the_cell():
     for name, schema in CATALOG.items():
-        for col in (*partition_cols(name), "run_id", "created_at", "config_hash", "git_sha", "versions", "seed",
-                    "cell_key", "compute_dtype", "threads", "host"):
+        for col in (
+            *partition_cols(name),
+            "run_id",
+            "created_at",
+            "config_hash",
+            "git_sha",
+            "versions",
+            "seed",
+            "cell_key",
+            "compute_dtype",
+            "threads",
+            "host",
+        ):
             assert col in schema.names, f"{name} lacks {col}"
 
 
@@ -62,7 +89,10 @@ def test_commit_then_read_back_with_plain_pyarrow(tmp_path):
     assert got["bf16"]["git_sha"] == "deadbeef" and dict(got["bf16"]["versions"])["pyarrow"] == pa.__version__
     assert got["bf16"]["cell_key"] == "k-bf16-tiny" and got["bf16"]["compute_dtype"] == "float32"
     file_schema = pq.read_schema(next(base.rglob("*.parquet")))
-    assert file_schema.field("recovery_pct").type == pa.float64() and file_schema.field("n_tasks").type == pa.int64()
+    assert (
+        file_schema.field("recovery_pct").type == pa.float64()
+        and file_schema.field("n_tasks").type == pa.int64()
+    )
     assert m["status"] == "done" and m["rows"] == {"recovery": 1} and len(m["checksums"]) == 1
     assert manifest.read(tmp_path, "k-bf16-tiny")["run_id"] == m["run_id"]
 
@@ -74,8 +104,13 @@ def test_a_cells_commit_replaces_its_own_rows_and_no_one_elses(tmp_path):
     _commit(tmp_path, "w8a8-int", 98.0, "v1", key="changed-recipe")  # rerun of one cell, new key
     rows = datasets.rows(tmp_path, "recovery")
     assert sorted((r["format"], r["suite"], r["recovery_pct"]) for r in rows) == [
-        ("bf16", "v1", 100.0), ("w8a8-int", "v1", 98.0), ("w8a8-int", "v2", 99.5)]
-    assert datasets.rows(tmp_path, "recovery", format="w8a8-int", suite="v1")[0]["cell_key"] == "changed-recipe"
+        ("bf16", "v1", 100.0),
+        ("w8a8-int", "v1", 98.0),
+        ("w8a8-int", "v2", 99.5),
+    ]
+    assert (
+        datasets.rows(tmp_path, "recovery", format="w8a8-int", suite="v1")[0]["cell_key"] == "changed-recipe"
+    )
 
 
 def test_rows_that_do_not_match_the_schema_or_the_cell_are_rejected(tmp_path):
@@ -121,7 +156,9 @@ print("COMMITTED", flush=True)
 def test_a_write_killed_mid_file_leaves_every_cell_as_it_was(tmp_path):
     _commit(tmp_path, "bf16", 100.0)
     _commit(tmp_path, "w8a8-int", 99.0)
-    before = sorted((r["format"], r["recovery_pct"], r["cell_key"]) for r in datasets.rows(tmp_path, "recovery"))
+    before = sorted(
+        (r["format"], r["recovery_pct"], r["cell_key"]) for r in datasets.rows(tmp_path, "recovery")
+    )
     code = WRITER.format(tests=str(Path(__file__).parent), root=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -131,7 +168,9 @@ def test_a_write_killed_mid_file_leaves_every_cell_as_it_was(tmp_path):
     proc.wait()
     staged = list((tmp_path / ".staging").rglob("*.parquet"))
     assert staged, "the killed writer had started its file"
-    after = sorted((r["format"], r["recovery_pct"], r["cell_key"]) for r in datasets.rows(tmp_path, "recovery"))
+    after = sorted(
+        (r["format"], r["recovery_pct"], r["cell_key"]) for r in datasets.rows(tmp_path, "recovery")
+    )
     assert after == before
     assert pq.read_table(tmp_path / "datasets" / "recovery").num_rows == 2  # plain pyarrow reads it too
     assert manifest.read(tmp_path, "k-new") is None

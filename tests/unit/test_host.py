@@ -51,7 +51,11 @@ def test_operators_are_read_from_each_shipped_library_without_loading_it(tmp_pat
 
 @pytest.mark.parametrize(
     "flags, dtype, w4a16_gap",
-    [(AVX2, "float32", "AVX2 CPU build (_C_AVX2) has no W4A16 kernel"), (AVX512, "float32", ""), (AMX, "bfloat16", "")],
+    [
+        (AVX2, "float32", "AVX2 CPU build (_C_AVX2) has no W4A16 kernel"),
+        (AVX512, "float32", ""),
+        (AMX, "bfloat16", ""),
+    ],
 )
 def test_profile_of_each_kind(flags, dtype, w4a16_gap):
     p = host.detect(flags)

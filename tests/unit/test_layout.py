@@ -48,7 +48,7 @@ def _cycle(g: dict[str, set[str]]) -> list[str]:
         stack.append(m)
         for n in sorted(g[m]):
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n not in state and (found := visit(n)):
                 return found
         state[m] = 2
@@ -68,7 +68,11 @@ def test_no_import_cycles():
 
 
 def test_serve_imports_nothing_from_cluster():
-    bad = {m: sorted(i for i in deps if i.startswith("cluster")) for m, deps in graph().items() if m.startswith("serve")}
+    bad = {
+        m: sorted(i for i in deps if i.startswith("cluster"))
+        for m, deps in graph().items()
+        if m.startswith("serve")
+    }
     assert {m: d for m, d in bad.items() if d} == {}
 
 

@@ -15,7 +15,9 @@ from serve import host
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 AVX2 = host.detect(frozenset({"avx", "avx2", "fma"}))
-AMX = host.detect(frozenset({"avx2", "avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512_bf16", "amx_bf16"}))
+AMX = host.detect(
+    frozenset({"avx2", "avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512_bf16", "amx_bf16"})
+)
 
 
 def _cells(sweep: str = "smoke.yaml", overrides=None, profile=AMX):
@@ -46,14 +48,19 @@ def test_dependencies_point_upstream_and_exist():
 
 def test_fp8_is_skipped_without_fp8_kernels_and_planned_on_h100():
     cells = [c for c in _cells("full_family.yaml") if c.stage == "loadtest" and c.format == "w8a8-fp"]
-    assert all(c.status == "skipped" and "a100 has no fast fp8" in c.reason for c in cells if c.hardware == "a100")
+    assert all(
+        c.status == "skipped" and "a100 has no fast fp8" in c.reason for c in cells if c.hardware == "a100"
+    )
     assert any(c.status == "planned" for c in cells if c.hardware == "h100")
 
 
 def test_an_avx2_host_scores_w4a16_through_a_dense_copy_and_says_so():
     avx2 = {(c.stage, c.format): c for c in _cells(profile=AVX2)}
     amx = {(c.stage, c.format): c for c in _cells(profile=AMX)}
-    assert avx2[("evaluate", "w4a16-int")].route == "dequantized" and amx[("evaluate", "w4a16-int")].route == "kernel"
+    assert (
+        avx2[("evaluate", "w4a16-int")].route == "dequantized"
+        and amx[("evaluate", "w4a16-int")].route == "kernel"
+    )
     assert avx2[("evaluate", "w8a8-int")].route == "kernel"
     load = avx2[("loadtest", "w4a16-int")]
     assert load.status == "skipped" and "AVX2 CPU build (_C_AVX2) has no W4A16 kernel" in load.reason
@@ -73,16 +80,24 @@ def test_gpu_counts_follow_the_model_table_and_memory():
 
 
 def test_405b_bf16_beyond_the_price_table_is_skipped_with_reason():
-    cells = [c for c in _cells("full_family.yaml") if c.stage == "loadtest" and c.model == "llama-3.1-405b-instruct"
-             and c.format == "bf16" and c.hardware == "h100"]
+    cells = [
+        c
+        for c in _cells("full_family.yaml")
+        if c.stage == "loadtest"
+        and c.model == "llama-3.1-405b-instruct"
+        and c.format == "bf16"
+        and c.hardware == "h100"
+    ]
     assert cells and all("needs 16 x NVIDIA H100" in c.reason for c in cells)
 
 
 def test_a_changed_recipe_changes_exactly_the_keys_downstream_of_it():
     a = {(c.stage, c.format, c.suite, c.use_case): c.key for c in _cells()}
     assert a == {(c.stage, c.format, c.suite, c.use_case): c.key for c in _cells()}
-    b = {(c.stage, c.format, c.suite, c.use_case): c.key
-         for c in _cells(overrides=["recipe_overrides.w8a8-int={calibration.num_samples: 32}"])}
+    b = {
+        (c.stage, c.format, c.suite, c.use_case): c.key
+        for c in _cells(overrides=["recipe_overrides.w8a8-int={calibration.num_samples: 32}"])
+    }
     changed = {k for k in a if a[k] != b[k]}
     assert changed == {k for k in a if k[1] == "w8a8-int" and k[0] != "similarity"} | {
         ("similarity", "w8a8-int", "", "")

@@ -80,7 +80,9 @@ def test_haproxy_ingress_deploys_one_app_per_checkpoint_and_proxy_one_for_all():
     from serve.app import app_names
 
     assert app_names(ServeConfig(), Deployment(_dep().models, True, AVX2, app_name="x")) == ["x-m-a", "x-m-b"]
-    assert app_names(ServeConfig(ingress="proxy"), Deployment(_dep().models, True, AVX2, app_name="x")) == ["x"]
+    assert app_names(ServeConfig(ingress="proxy"), Deployment(_dep().models, True, AVX2, app_name="x")) == [
+        "x"
+    ]
 
 
 def test_api_key_reaches_vllm_and_haproxy_switches_reach_every_replica():
