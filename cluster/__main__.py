@@ -138,6 +138,14 @@ def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
     from cluster.store.provenance import Provenance, config_hash, git_sha
 
     check_tasks(sweep, catalog)  # before anything is written or started
+    if sweep.serve.enabled and any(c.stage == "loadtest" and c.status == "planned" for c in cells):
+        from cluster.errors import ConfigError
+        from serve.config import MissingSecret, api_key
+
+        try:
+            api_key(sweep.serve)  # the load generator sends it from this process
+        except MissingSecret as e:
+            raise ConfigError(str(e)) from None
     root = Path(sweep.output_root).resolve()
     resolved = {
         "sweep": asdict(sweep),

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from serve.config import LOOPBACK, SERVE_INGRESS, EngineConfig, ServeConfig
+from serve.config import LOOPBACK, SERVE_INGRESS, EngineConfig, ServeConfig, MissingSecret, api_key
 from serve.engine import cpu_env, engine_kwargs
 from serve.host import HostProfile
 
@@ -81,6 +81,8 @@ def _replica_callback() -> type:
 
     - It skips Ray Serve LLM's per-node "download model files" tasks: quantsweep serves checkpoints
       from local paths every node sees (the output root), and each task only imports vLLM once more.
+    - With `api_key_env` it hands the key in that variable of the replica's node environment to
+      vLLM's own app (VLLM_API_KEY, read when the app is built), so the key is in no Ray config.
     - With `uni` (CPU, one device) the engine core runs the model itself instead of through the
       multiprocessing executor Ray Serve LLM forces on CPU (with VLLM_ENABLE_V1_MULTIPROCESSING=0 in
       the replica's env, vLLM's CPU platform keeps that choice): one process and one vLLM import
@@ -92,7 +94,14 @@ def _replica_callback() -> type:
 
     class ReplicaSetup(CallbackBase):
         async def on_before_node_init(self) -> None:
-            self.ctx.run_init_node = False
+            name = self.kwargs.get("api_key_env")
+            if name:
+                key = os.environ.get(name, "")
+                if not key:
+                    raise RuntimeError(f"serve.api_key_env: {name} is not set on this replica's node")
+                os.environ["VLLM_API_KEY"] = key  # this process only: vLLM's app checks it
+            if self.kwargs.get("local", True):
+                self.ctx.run_init_node = False
             if self.kwargs.get("uni"):
                 from ray.llm._internal.serve.engines.vllm import vllm_models
 
@@ -113,8 +122,6 @@ def _llm_config(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: 
     from ray.serve.llm import LLMConfig
 
     env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", **ray_env(cfg.ingress), **dep.extra_env}
-    if cfg.api_key:
-        env["VLLM_API_KEY"] = cfg.api_key  # vLLM's own app checks it (haproxy layout)
     extra: dict[str, Any] = {}
     uni = dep.cpu and model.tensor_parallel_size == 1
     if uni:
@@ -132,8 +139,10 @@ def _llm_config(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: 
     experimental: dict[str, Any] = {}
     if dep.stream_batching_interval_ms is not None:
         experimental["stream_batching_interval_ms"] = dep.stream_batching_interval_ms
-    if os.path.isdir(model.path):
-        extra["callback_config"] = {"callback_class": _replica_callback(), "callback_kwargs": {"uni": uni}}
+    local = os.path.isdir(model.path)
+    if local or cfg.api_key_env:
+        kwargs = {"uni": uni, "local": local, "api_key_env": cfg.api_key_env}
+        extra["callback_config"] = {"callback_class": _replica_callback(), "callback_kwargs": kwargs}
     return LLMConfig(
         model_loading_config={"model_id": model.model_id, "model_source": model.path},
         engine_kwargs=engine_kwargs(
@@ -179,8 +188,12 @@ def app_names(cfg: ServeConfig, dep: Deployment) -> list[str]:
 def _check(cfg: ServeConfig) -> None:
     if cfg.ingress not in SERVE_INGRESS:
         raise ServeError(f"serve.ingress must be one of {list(SERVE_INGRESS)}, got '{cfg.ingress}'")
-    if cfg.host not in LOOPBACK and not cfg.api_key:
-        raise ServeError(f"serve.host '{cfg.host}' is not loopback: set serve.api_key")
+    if cfg.host not in LOOPBACK and not cfg.api_key_env:
+        raise ServeError(f"serve.host '{cfg.host}' is not loopback: set serve.api_key_env")
+    try:
+        api_key(cfg)  # the variable must be set where the deployment starts
+    except MissingSecret as e:
+        raise ServeError(str(e)) from None
     if cfg.host not in LOOPBACK and cfg.ingress == "proxy":
         raise ServeError("serve.ingress 'proxy' cannot check an API key: bind loopback or use 'haproxy'")
     required = HAPROXY_ENV if cfg.ingress == "haproxy" else {}
@@ -218,7 +231,7 @@ def start(
         serve.run_many(targets, wait_for_applications_running=False)
         urls = {m.model_id: f"{root}/{m.model_id}" for m in dep.models}
     for model_id, url in urls.items():
-        wait_ready(url, [model_id], cfg.api_key, timeout_s)
+        wait_ready(url, [model_id], api_key(cfg), timeout_s)
     return urls
 
 

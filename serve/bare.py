@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from serve.app import Deployment, ServedModel
-from serve.config import EngineConfig, ServeConfig
+from serve.config import EngineConfig, ServeConfig, api_key
 from serve.engine import cpu_env, engine_kwargs
 
 REPO = str(Path(__file__).resolve().parent.parent)
@@ -43,8 +43,6 @@ def command(
     for key, value in engine_kwargs(engine, dep.host, model.tensor_parallel_size, dep.cpu).items():
         flag = "--" + key.replace("_", "-")
         cmd += [flag] if value is True else ([] if value is False else [flag, str(value)])
-    if cfg.api_key:
-        cmd += ["--api-key", cfg.api_key]
     return cmd
 
 
@@ -63,6 +61,10 @@ def vllm_serve(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
     if dep.cpu:
         env.update(cpu_env(engine, core=None))
+    key = api_key(cfg)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if key:
+        env["VLLM_API_KEY"] = key  # the child's environment, not its command line (`ps` shows that)
     proc = subprocess.Popen(
         command(cfg, engine, dep, model, port),
         env=env,
@@ -76,7 +78,7 @@ def vllm_serve(
         deadline, ready = time.monotonic() + timeout_s, False
         while not ready and time.monotonic() < deadline and proc.poll() is None:
             try:
-                ready = httpx.get(f"{url}/v1/models", timeout=5).status_code == 200
+                ready = httpx.get(f"{url}/v1/models", headers=headers, timeout=5).status_code == 200
             except httpx.HTTPError:
                 time.sleep(2)
         if proc.poll() is not None:

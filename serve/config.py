@@ -7,6 +7,7 @@ sweep's `serve:` section), so `serve/` needs nothing from `cluster/` and every u
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts that need no API key
@@ -69,6 +70,26 @@ class ServeConfig:
     ingress: str = "haproxy"
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None  # required when host is not loopback
+    # The environment variable that holds the API key (required when host is not loopback). The
+    # driver and every replica read it from their own node's environment (a Kubernetes secret in
+    # k8s/), so the key itself never enters a config, command line, Ray runtime env or dataset.
+    api_key_env: str | None = None
     keep: bool = False  # leave the Serve deployments running when their load tests are done
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+class MissingSecret(RuntimeError):
+    """`serve.api_key_env` names an environment variable this process does not have."""
+
+
+def api_key(cfg: ServeConfig) -> str | None:
+    """The API key, read from the environment variable `serve.api_key_env` names (None: no key)."""
+    if not cfg.api_key_env:
+        return None
+    key = os.environ.get(cfg.api_key_env, "")
+    if not key:
+        raise MissingSecret(
+            f"serve.api_key_env: the environment variable {cfg.api_key_env} is not set here "
+            "(set it on every node of the Ray cluster: k8s/ takes it from the secret quantsweep-serve)"
+        )
+    return key

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from serve import loadgen, metrics
 from serve.config import ServeConfig
+from serve.config import api_key as serve_api_key
 from serve.records import RequestRecord
 
 SATURATED = 0.9  # completed / offered below this: over-saturated
@@ -39,7 +40,7 @@ def run_sweep(
     Stops once a rate is over-saturated or past `cfg.error_budget`; bounded by the config's
     `async_duration_s` and `async_max_requests` per point.
     """
-    api_key = cfg.api_key
+    api_key = serve_api_key(cfg)
     records = loadgen.run_synchronous(
         base_url,
         model,

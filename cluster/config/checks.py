@@ -280,8 +280,13 @@ def check_serve(sv: ServeConfig, source: str) -> None:
     _bound(source, "serve.warmup_requests", sv.warmup_requests, 0)
     _bound(source, "serve.error_budget", sv.error_budget, 0.0, 1.0)
     _bound(source, "serve.port", sv.port, 1, 65535)
-    if sv.host not in LOOPBACK and not sv.api_key:
-        raise ConfigError(f"{source}: serve.api_key is required when serve.host is '{sv.host}'")
+    if sv.host not in LOOPBACK and not sv.api_key_env:
+        raise ConfigError(
+            f"{source}: serve.api_key_env (the environment variable holding the API key) is required "
+            f"when serve.host is '{sv.host}'"
+        )
+    if sv.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", sv.api_key_env):
+        raise ConfigError(f"{source}: serve.api_key_env '{sv.api_key_env}' is not an environment variable name")
     if sv.host not in LOOPBACK and sv.ingress == "proxy":
         raise ConfigError(
             f"{source}: serve.ingress 'proxy' cannot check an API key; bind loopback or use 'haproxy'"

@@ -23,6 +23,11 @@ from cluster.errors import ConfigError
 
 KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 T = TypeVar("T")
+# keys that moved, and what to write instead
+MOVED = {
+    "serve.api_key": "keys do not belong in configs: put it in an environment variable and name that "
+    "variable in serve.api_key_env",
+}
 
 
 def describe(exc: OmegaConfBaseException, schema: type) -> str:
@@ -30,6 +35,8 @@ def describe(exc: OmegaConfBaseException, schema: type) -> str:
     key = getattr(exc, "full_key", "") or ""
     if isinstance(exc, ConfigKeyError):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
+        if key in MOVED:
+            return f"'{key}' is no longer a key: {MOVED[key]}"
         return f"unknown key '{key}'" + (
             f" under '{parent}'" if parent else f" (not a field of {schema.__name__})"
         )

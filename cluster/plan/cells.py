@@ -294,7 +294,7 @@ class _Planner:
             exclusive=True,
         )
         # what shapes the measurement (not which cells exist, who may call, or what is left running)
-        ignored = ("use_cases", "hardware", "formats", "api_key", "keep")
+        ignored = ("use_cases", "hardware", "formats", "api_key_env", "keep")
         serve = {k: v for k, v in asdict(self.sweep.serve).items() if k not in ignored}
         target = {
             k: v for k, v in asdict(hw).items() if k not in COST_ONLY_HARDWARE_FIELDS

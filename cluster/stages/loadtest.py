@@ -19,6 +19,7 @@ from cluster.run.env import CellRun, RunEnv
 from cluster.stages.common import coords
 from cluster.stages.health import UNUSABLE
 from cluster.store.commit import CellResult
+from serve.config import api_key
 
 PERF_KEYS = (
     "completed",
@@ -161,7 +162,7 @@ def _async_runs(
     from serve.sweep import run_sweep
 
     sv, seed = cr.env.sweep.serve, cr.env.sweep.seed
-    key, timeout = sv.api_key, sv.request_timeout_s
+    key, timeout = api_key(sv), sv.request_timeout_s
     if sv.profile == "sweep":
         recs = run_sweep(url, mid, prompts, out_tokens, sv, cr.env.sweep.engine.max_num_seqs, seed)
         runs: dict[tuple[str, float | None], list] = {}
@@ -256,7 +257,7 @@ def run(cr: CellRun) -> CellResult:
         mid,
         prompts,
         ot,
-        api_key=sv.api_key,
+        api_key=api_key(sv),
         timeout_s=sv.request_timeout_s,
         warmup=sv.warmup_requests,
         max_requests=sv.sync_requests,

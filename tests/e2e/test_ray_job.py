@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 KEY = "qs-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-JOB = ["serve.keep=true", f"serve.api_key={KEY}"]  # neither changes a cell key (cluster.plan.cells)
+KEY_ENV = "QS_TEST_SERVE_KEY"  # the nodes' environment holds the key; the sweep names the variable
+JOB = ["serve.keep=true", f"serve.api_key_env={KEY_ENV}"]  # neither changes a cell key (cluster.plan.cells)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,8 @@ def head_node(smoke):  # the embedded run first: two Rays never share the machin
         **os.environ,
         "PATH": f"{BIN}:{os.environ['PATH']}",
         **ray_env("haproxy"),
-    }  # as k8s/ pods carry them
+        KEY_ENV: KEY,
+    }  # as k8s/ pods carry them (the key from a Kubernetes secret)
     subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--num-cpus", "8", "--disable-usage-stats"],
         check=True,
@@ -246,6 +248,16 @@ def test_requests_without_the_api_key_are_refused(served):
     assert httpx.post(f"{served}/v1/completions", json=body, timeout=60).status_code == 401
     wrong = {"Authorization": "Bearer not-the-key"}
     assert httpx.post(f"{served}/v1/completions", json=body, headers=wrong, timeout=60).status_code == 401
+
+
+def test_the_api_key_is_in_no_job_record_config_or_dataset(job, served):
+    from ray.job_submission import JobSubmissionClient
+
+    out, *_ = job
+    jobs = JobSubmissionClient("http://127.0.0.1:8265").list_jobs()
+    assert jobs and not any(KEY in repr(j) for j in jobs)  # entrypoints, runtime envs, metadata
+    for path in (p for p in out.rglob("*") if p.is_file() and "cache" not in p.parts):
+        assert KEY.encode() not in path.read_bytes(), path
 
 
 def test_haproxy_forwards_straight_to_the_llm_server(served):

