@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from serve.config import LOOPBACK, SERVE_INGRESS, EngineConfig, ServeConfig, MissingSecret, api_key
+from serve.config import LOOPBACK, SERVE_INGRESS, EngineConfig, MissingSecret, ServeConfig, api_key
 from serve.engine import cpu_env, engine_kwargs
 from serve.host import HostProfile
 

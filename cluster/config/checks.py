@@ -286,7 +286,9 @@ def check_serve(sv: ServeConfig, source: str) -> None:
             f"when serve.host is '{sv.host}'"
         )
     if sv.api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", sv.api_key_env):
-        raise ConfigError(f"{source}: serve.api_key_env '{sv.api_key_env}' is not an environment variable name")
+        raise ConfigError(
+            f"{source}: serve.api_key_env '{sv.api_key_env}' is not an environment variable name"
+        )
     if sv.host not in LOOPBACK and sv.ingress == "proxy":
         raise ConfigError(
             f"{source}: serve.ingress 'proxy' cannot check an API key; bind loopback or use 'haproxy'"

@@ -97,7 +97,9 @@ def test_api_key_reaches_vllm_from_the_node_env_only_and_haproxy_switches_reach_
 
     monkeypatch.setenv("QS_T_KEY", "k-secret")
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
-    cfg = _llm_config(ServeConfig(api_key_env="QS_T_KEY"), EngineConfig(), _dep(), ServedModel("m", str(tmp_path)))
+    cfg = _llm_config(
+        ServeConfig(api_key_env="QS_T_KEY"), EngineConfig(), _dep(), ServedModel("m", str(tmp_path))
+    )
     env = cfg.runtime_env["env_vars"]
     assert all(env[k] == v for k, v in HAPROXY_ENV.items())
     assert "k-secret" not in repr(cfg.model_dump())  # what Ray's state API and Serve's config would show
