@@ -198,7 +198,14 @@ def best(steps: list[Step]) -> float:
     return max((min(s.achieved, s.offered) for s in steps if s.sustained), default=0.0)
 
 
-def report(results: dict[str, list[Step]], walls: dict[str, float], rates: list[float]) -> None:
+def crash(steps: list[Step]) -> str | None:
+    """Why a tool gave no measurement: it exited non-zero or died of a signal on some rung."""
+    bad = next((s for s in steps if s.note.startswith("exit ")), None)
+    return " ".join(bad.note.split())[:160] if bad else None
+
+
+def report(results: dict[str, list[Step]], walls: dict[str, float], rates: list[float]) -> int:
+    """Print the table, ratios and goal; 1 when a comparison could not be measured (a tool crashed)."""
     print(f"{'tool':<18}{'offered/s':>10}{'done':>7}{'failed':>7}{'achieved/s':>12}  sustained")
     for tool, steps in results.items():
         for s in steps:
@@ -213,13 +220,24 @@ def report(results: dict[str, list[Step]], walls: dict[str, float], rates: list[
             f"max sustained {tool}: {top:.1f} req/s{' (ladder top: at least)' if capped else ''} "
             f"[{walls[tool]:.0f} s]"
         )
-    ours = tops["ours"]
+    ours, crashed = tops["ours"], {tool: crash(steps) for tool, steps in results.items()}
     for tool in ("vllm bench serve", "guidellm"):
-        ratio = ours / tops[tool] if tops[tool] else float("inf")
-        print(f"ratio ours / {tool}: {ratio:.2f}x")
-    better = max(("vllm bench serve", "guidellm"), key=lambda t: tops[t])
-    met = tops[better] > 0 and ours >= GOAL * tops[better]
+        why = crashed["ours"] or crashed[tool]
+        if why:  # a comparison whose anchor (or ours) crashed measured nothing
+            print(f"ratio ours / {tool}: not measured ({'ours' if crashed['ours'] else tool} failed: {why})")
+        elif tops[tool] <= 0:
+            print(f"ratio ours / {tool}: not measured ({tool} sustained no rate)")
+        else:
+            print(f"ratio ours / {tool}: {ours / tops[tool]:.2f}x")
+    anchors = ("vllm bench serve", "guidellm")
+    missing = [t for t in (*anchors, "ours") if crashed[t] or tops[t] <= 0]
+    if missing:
+        print(f"goal >= {GOAL:g}x the better one: not measured ({', '.join(missing)} gave no measurement)")
+        return 1
+    better = max(anchors, key=lambda t: tops[t])
+    met = ours >= GOAL * tops[better]
     print(f"goal >= {GOAL:g}x the better one ({better}): {'met' if met else 'not met'}")
+    return 0
 
 
 def main() -> None:
@@ -264,7 +282,7 @@ def main() -> None:
             t0 = time.monotonic()
             results[tool] = run()
             walls[tool] = time.monotonic() - t0
-    report(results, walls, rates)
+    sys.exit(report(results, walls, rates))
 
 
 if __name__ == "__main__":

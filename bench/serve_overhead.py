@@ -11,9 +11,12 @@ process (Ray Serve reads its switches from the environment when it is imported):
   haproxy-unbatched, proxy-unbatched   the same with Ray Serve LLM's stream batching off.
 All variants run in turn, `--rounds` times over, so each ratio pairs runs close in time (a shared
 2-core machine drifts by tens of percent between minutes). Prints throughput, TTFT p50/p99 and ITL
-p50 for every run, then per variant the median over rounds of the throughput ratio vs bare (goal
->= 0.97x) and of the TTFT deltas (goal <= 5 % overhead).
-Usage: .venv/bin/python bench/serve_overhead.py [--requests 200] [--concurrency 8] [--variants bare,haproxy,proxy] [--rounds 2]
+p50 for every run, then per variant the median over rounds of the paired throughput ratio vs bare
+(goal >= 0.97x) and of the paired TTFT p50 overhead (goal <= 5 %), each with a 95 % bootstrap
+interval. A run whose TTFT p99 exceeds 5x the median of its variant's runs is a stall (bare `vllm
+serve` stalls now and then on this machine): reported, and its round's pair left out. A variant
+that fails, or has no pair left, is "not measured" and the script exits 1.
+Usage: .venv/bin/python bench/serve_overhead.py [--requests 200] [--concurrency 8] [--variants bare,haproxy,proxy] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -36,6 +40,39 @@ VARIANTS = {  # name -> (serve.ingress, stream batching interval in ms; None = R
     "proxy-unbatched": ("proxy", 0.0),
 }
 DEFAULT = "bare,haproxy,proxy"
+STALL = 5.0  # a run's TTFT p99 over this multiple of its variant's median run is a stall
+
+
+def median_ci(values: list[float], seed: int = 0, n: int = 4000) -> tuple[float, float, float]:
+    """The median and a 95 % percentile-bootstrap interval for it."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    return statistics.median(values), meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
+def stalls(rounds: list[dict[str, dict]]) -> set[tuple[int, str]]:
+    """(round, variant) of every run whose TTFT p99 exceeds STALL x its variant's median run."""
+    out = set()
+    for name in {v for r in rounds for v in r}:
+        p99 = {k: r[name]["p99_ttft_ms"] for k, r in enumerate(rounds) if name in r}
+        med = statistics.median(p99.values())
+        out |= {(k, name) for k, v in p99.items() if v > STALL * med}
+    return out
+
+
+def paired(rounds: list[dict[str, dict]], name: str) -> tuple[list[float], list[float], list[int]]:
+    """Throughput ratios and TTFT p50 overheads (%) vs bare per usable round; the rounds left out."""
+    bad = stalls(rounds)
+    ratios, ttft, dropped = [], [], []
+    for k, r in enumerate(rounds):
+        if name not in r or "bare" not in r or (k, name) in bad or (k, "bare") in bad:
+            dropped.append(k)
+            continue
+        ratios.append(r[name]["request_throughput"] / r["bare"]["request_throughput"])
+        ttft.append(
+            100 * (r[name]["median_ttft_ms"] - r["bare"]["median_ttft_ms"]) / r["bare"]["median_ttft_ms"]
+        )
+    return ratios, ttft, dropped
 
 
 def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, output_tokens: int) -> dict:
@@ -98,7 +135,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=32)
     parser.add_argument("--variants", default=DEFAULT, help=f"any of bare,{','.join(VARIANTS)}")
-    parser.add_argument("--rounds", type=int, default=2, help="alternate all variants this many times")
+    parser.add_argument("--rounds", type=int, default=7, help="alternate all variants this many times")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = (args.requests, args.concurrency, args.prompt_tokens, args.output_tokens)
@@ -131,25 +168,45 @@ def main() -> None:
                 flush=True,
             )
         rounds.append(results)
-    if failed:
-        sys.exit(f"error: variant(s) {sorted(set(failed))} failed")
+    sys.exit(summarize(rounds, names, failed))
+
+
+def summarize(rounds: list[dict[str, dict]], names: list[str], failed: list[str]) -> int:
+    """Print the paired medians with intervals; 1 when a comparison could not be measured."""
     if "bare" not in names:
-        return
+        return 1 if failed else 0
+    for k, name in sorted(stalls(rounds)):
+        print(
+            f"stall: round {k + 1} {name} (TTFT p99 {rounds[k][name]['p99_ttft_ms']:.0f} ms): its pair left out"
+        )
+    code = 0
     # Each ratio pairs a variant with the bare run of its own round (adjacent in time): the
     # machine's drift between rounds cancels; the median over rounds is the headline.
-    for name in names:
-        if name == "bare":
+    for name in (n for n in names if n != "bare"):
+        ratios, ttft, dropped = paired(rounds, name)
+        if not ratios:
+            why = (
+                "bare `vllm serve` failed"
+                if "bare" in failed
+                else f"{name} failed"
+                if name in failed
+                else "stalls"
+            )
+            print(f"{name} / bare: not measured ({why} in every round)")
+            code = 1
             continue
-        ratios = [r[name]["request_throughput"] / r["bare"]["request_throughput"] for r in rounds]
-        line = (
-            f"{name} / bare over {len(rounds)} round(s): throughput median {statistics.median(ratios):.3f}x "
+        m, lo, hi = median_ci(ratios)
+        t, tlo, thi = median_ci(ttft)
+        print(
+            f"{name} / bare over {len(ratios)} paired round(s) ({len(dropped)} left out): throughput "
+            f"median {m:.3f}x [95 % CI {lo:.3f}, {hi:.3f}] (goal >= 0.97x: {'met' if m >= 0.97 else 'not met'}); "
+            f"TTFT p50 overhead median {t:+.1f} % [{tlo:+.1f}, {thi:+.1f}] "
+            f"(goal <= +5 %: {'met' if t <= 5 else 'not met'}); per round {', '.join(f'{x:.3f}' for x in ratios)}"
         )
-        line += f"(per round {', '.join(f'{x:.3f}' for x in ratios)}; goal >= 0.97x)"
-        for q, key in (("p50", "median_ttft_ms"), ("p99", "p99_ttft_ms")):
-            pct = [100 * (r[name][key] - r["bare"][key]) / r["bare"][key] for r in rounds]
-            ms = [r[name][key] - r["bare"][key] for r in rounds]
-            line += f"; TTFT {q} median {statistics.median(ms):+.1f} ms ({statistics.median(pct):+.1f} %)"
-        print(line + " (goal <= +5 %)")
+    if failed:
+        print(f"failed runs: {', '.join(sorted(set(failed)))}")
+        code = 1
+    return code
 
 
 def _child(name: str, args: argparse.Namespace) -> dict | None:

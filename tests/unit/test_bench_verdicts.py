@@ -1,0 +1,72 @@
+"""Benchmarks never claim a result their anchor did not give: a crashed anchor is "not measured" and
+a non-zero exit; bare `vllm serve`'s stalls are reported and left out of the paired medians."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_crashed_anchor_is_not_measured_and_exits_non_zero(capsys):
+    lc = _bench("loadgen_capacity")
+    ours = [lc.Step(r, int(r * 3), 0, 3.0) for r in (200, 400)]
+    sigill = [lc.Step(200, 0, 600, 0.0, "exit -4: ")]  # vllm bench serve died of SIGILL (AVX2 host)
+    guide = [lc.Step(200, 600, 0, 3.0), lc.Step(400, 100, 1100, 3.0)]
+    code = lc.report(
+        {"ours": ours, "vllm bench serve": sigill, "guidellm": guide},
+        dict.fromkeys(("ours", "vllm bench serve", "guidellm"), 1.0),
+        [200, 400],
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "ratio ours / vllm bench serve: not measured (vllm bench serve failed: exit -4" in out
+    assert "inf" not in out and ": met" not in out
+    assert "goal >= 2x the better one: not measured (vllm bench serve gave no measurement)" in out
+    assert "ratio ours / guidellm: 2.00x" in out  # the comparison that was measured is still shown
+    ok = [lc.Step(200, 600, 0, 3.0), lc.Step(400, 100, 1100, 3.0)]
+    assert (
+        lc.report(
+            {"ours": ours, "vllm bench serve": ok, "guidellm": guide},
+            dict.fromkeys(("ours", "vllm bench serve", "guidellm"), 1.0),
+            [200, 400],
+        )
+        == 0
+    )
+    assert "(vllm bench serve): met" in capsys.readouterr().out
+
+
+def _run(thr: float, t50: float, t99: float) -> dict:
+    return {"request_throughput": thr, "median_ttft_ms": t50, "p99_ttft_ms": t99}
+
+
+def test_stalled_rounds_are_left_out_of_paired_medians_with_an_interval(capsys):
+    so = _bench("serve_overhead")
+    rounds = [{"bare": _run(50 + k, 20, 30), "haproxy": _run(49 + k, 20.5, 31)} for k in range(6)]
+    rounds.append({"bare": _run(22.9, 20, 920), "haproxy": _run(40, 20.5, 31)})  # bare stalled
+    assert so.summarize(rounds, ["bare", "haproxy"], []) == 0
+    out = capsys.readouterr().out
+    assert "stall: round 7 bare (TTFT p99 920 ms)" in out
+    assert "over 6 paired round(s) (1 left out)" in out and "goal >= 0.97x: met" in out
+    assert "TTFT p50 overhead median +2.5 % [+2.5, +2.5] (goal <= +5 %: met)" in out
+    lo, hi = (float(x) for x in out.split("[95 % CI ")[1].split("]")[0].split(", "))
+    assert lo < hi and lo <= 0.98 <= hi  # ratios 49/50 .. 54/55: the interval spans them
+
+
+def test_a_failed_baseline_is_not_measured(capsys):
+    so = _bench("serve_overhead")
+    assert so.summarize([{"haproxy": _run(40, 30, 40)}], ["bare", "haproxy"], ["bare"]) == 1
+    assert "haproxy / bare: not measured (bare `vllm serve` failed in every round)" in capsys.readouterr().out
