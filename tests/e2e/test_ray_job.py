@@ -1,13 +1,14 @@
-"""The whole demo as a Ray job on a `ray start --head` cluster, with its driver killed twice.
+"""The whole demo as a Ray job on a `ray start --head` cluster, with its driver killed once.
 
 `ray job submit --working-dir . -- python -m cluster run sweeps/smoke.yaml` runs every stage. Its
-driver is SIGKILLed once in the middle of evaluation and once after the first tuning trial; each
-resubmission resumes: it recomputes no committed cell (quantization, evaluation of a committed
-checkpoint x suite), the interrupted tuning search restores its finished trials, and the datasets end
-with the same cell keys, row counts and deterministic columns as the embedded run (the `smoke`
-fixture). `status` follows the crashed and the resumed run. The job keeps its Serve deployment up
-(`serve.keep`), so the module then checks the OpenAI-compatible API itself: the API key, streaming
-with the real `openai` client, the chat template, a bad request, and a killed replica.
+driver is SIGKILLed in the middle of evaluation while the tuning search runs; the resubmission
+resumes: it recomputes no committed cell (quantization, evaluation of a committed checkpoint x
+suite), the interrupted tuning search is restored, and the datasets end with the same cell keys, row
+counts and deterministic columns as the embedded run (the `smoke` fixture). `status` follows the
+crashed and the resumed run. The API key lives only in the nodes' environment (`serve.api_key_env`).
+The job keeps its Serve deployment up (`serve.keep`), so the module then checks the
+OpenAI-compatible API itself: the API key, streaming with the real `openai` client, the chat
+template, a bad request, and a killed replica.
 
 Runs before the integration tier starts its own Ray (tests/e2e sorts first); `ray stop` ends every
 Ray process on the machine, so this module must not share a session with a live local Ray.
@@ -135,26 +136,26 @@ def _evaluating(out: Path) -> bool:
     return "evaluate" in done
 
 
-def _trial_finished(out: Path) -> bool:
-    return any(p.read_text().strip() for p in out.glob("tune/*/trainable_*/result.json"))
+def _evaluating_and_searching(out: Path) -> bool:
+    """Mid-evaluation (a suite committed, others not) with the tuning search under way (restorable)."""
+    return _evaluating(out) and any(out.glob("tune/*/tuner.pkl"))
 
 
 @pytest.fixture(scope="module")
 def job(head_node, tmp_path_factory, organism_assets):
-    """The demo as a job: killed mid-evaluation, killed mid-search, then run to the end."""
+    """The demo as a job: killed mid-evaluation with its tuning search running, then run to the end."""
     out = tmp_path_factory.mktemp("job") / "runs"
     out.mkdir()
     (out / "cache").symlink_to(organism_assets.root.parent)
-    first = _kill_when(head_node, out, "first", _evaluating)
+    first = _kill_when(head_node, out, "first", _evaluating_and_searching)
     crashed = _status(out)
-    second = _kill_when(head_node, out, "second", _trial_finished)
     final = _submit(head_node, out)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
-    return out, first, second, crashed, final.stdout + final.stderr
+    return out, first, crashed, final.stdout + final.stderr
 
 
-def test_the_first_kill_came_in_the_middle_of_evaluation(job):
-    _, first, _, crashed, _ = job
+def test_the_kill_came_in_the_middle_of_evaluation(job):
+    _, first, crashed, _ = job
     stages = [m["stage"] for m in first.values() if m["status"] == "done"]
     assert "quantize" in stages and "evaluate" in stages
     assert stages.count("evaluate") < 5  # the demo evaluates five checkpoints
@@ -162,9 +163,9 @@ def test_the_first_kill_came_in_the_middle_of_evaluation(job):
 
 
 def test_no_committed_cell_was_computed_again(job):
-    out, first, second, _, log = job
+    out, first, _, log = job
     after = _manifests(out)
-    for key, m in {**first, **second}.items():
+    for key, m in first.items():
         if m["status"] in ("done", "skipped"):
             assert after[key] == m, f"{m['stage']} {m['format']} {m['suite']} was recomputed"
     assert "resume:" in log and "resumed the interrupted search" in log
