@@ -288,15 +288,29 @@ def _cached_docs(path: Path, compute) -> Docs:
     return docs
 
 
+def restorable(path: Path) -> bool:
+    """An interrupted search worth restoring: its Tuner and at least one saved experiment state.
+
+    Killed between writing tuner.pkl and the first experiment state, a restore would build a search
+    with no trials of its own (Ray then runs one trial with an empty config).
+    """
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(path)) and any(path.glob("experiment_state-*.json"))
+
+
 def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
     """A new Tuner, or the interrupted one restored from `path`."""
     from ray import tune
 
     t = cr.env.sweep.tune
     fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), _trial_resources(cr.env, cr.cell))
-    if t.resume and tune.Tuner.can_restore(str(path)):
+    if t.resume and restorable(path):
         cr.report("resuming the interrupted search (finished trials are kept)")
-        return tune.Tuner.restore(str(path), trainable=fn, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(
+            str(path), trainable=fn, param_space=_param_space(t), resume_unfinished=True, resume_errored=True
+        )
+    (path / "tuner.pkl").unlink(missing_ok=True)  # a search killed before it recorded any trial
     # reuse_actors: a trial process imports llmcompressor, vLLM and lm-eval once, not once per trial
     at_once = cr.cell.resources.trials or t.max_concurrent  # the plan's: what the scheduler holds for it
     config = tune.TuneConfig(
@@ -388,9 +402,8 @@ def run(cr: CellRun) -> CellResult:
     setup = _setup(cr, path)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # save the experiment state as trials finish
     cr.report(f"{t.search} search, {t.scheduler} scheduler, budgets {list(setup.budgets)}")
-    from ray import tune as ray_tune
 
-    resumed = t.resume and ray_tune.Tuner.can_restore(str(path))
+    resumed = t.resume and restorable(path)
     grid = _tuner(cr, setup, path).fit()
     full = sum(len(v) for v in setup.baseline.values())
     results = [grid[i] for i in range(len(grid))]
