@@ -76,3 +76,15 @@ def test_apply_params_sets_dotted_keys_on_a_copy():
         None,
     )
     assert recipe.dampening_frac == 0.01 and recipe.calibration.num_samples == 512
+
+
+def test_a_search_killed_before_its_first_experiment_state_is_not_restored(tmp_path):
+    from ray import tune
+
+    from cluster.stages.tune import restorable
+
+    (tmp_path / "tuner.pkl").write_bytes(b"")  # written when the Tuner starts, before any trial
+    assert tune.Tuner.can_restore(str(tmp_path))  # Ray alone would restore it: a search with no trials
+    assert not restorable(tmp_path)
+    (tmp_path / "experiment_state-2026-12-01_14-10-30.json").write_text("{}")
+    assert restorable(tmp_path)
