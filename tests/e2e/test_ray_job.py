@@ -96,6 +96,9 @@ def _submit(env: dict, out: Path, *extra: str) -> str:
     return sid
 
 
+POLL_S = 20.0  # each `ray job status` costs seconds of CPU on this 2-core machine
+
+
 def _job_status(env: dict, sid: str) -> str:
     out = _ray(env, "job", "status", sid).stdout
     return next((s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s in out), "?")
@@ -106,7 +109,7 @@ def _wait(env: dict, sid: str, timeout: float = 1500) -> tuple[str, str]:
     deadline = time.monotonic() + timeout
     while (status := _job_status(env, sid)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.monotonic() < deadline, f"job {sid} still {status} after {timeout:.0f}s"
-        time.sleep(5)
+        time.sleep(POLL_S)
     return status, _ray(env, "job", "logs", sid).stdout
 
 
@@ -126,9 +129,14 @@ def _manifests(out: Path) -> dict[str, dict]:
 def _kill_when(env: dict, out: Path, name: str, ready) -> dict[str, dict]:
     """Submit the job, SIGKILL its driver once `ready(out)` holds; the committed manifests then."""
     sid = _submit(env, out)
-    deadline = time.monotonic() + 1200
-    while not ready(out):
-        assert _job_status(env, sid) in ("PENDING", "RUNNING"), _ray(env, "job", "logs", sid).stdout[-3000:]
+    deadline = checked = time.monotonic()
+    deadline += 1200
+    while not ready(out):  # cheap: a glob of the manifests
+        if time.monotonic() - checked > POLL_S:
+            checked = time.monotonic()
+            assert _job_status(env, sid) in ("PENDING", "RUNNING"), _ray(env, "job", "logs", sid).stdout[
+                -3000:
+            ]
         assert time.monotonic() < deadline, f"{name}: the kill moment never came"
         time.sleep(0.5)
     pid = _driver_pid(out)
