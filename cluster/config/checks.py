@@ -235,6 +235,20 @@ def _check_run(sweep: C.SweepConfig, source: str) -> None:
     _bound(source, "quantize.num_cpus", q.num_cpus, 0, open_low=True)
     _bound(source, "quantize.num_gpus", q.num_gpus, 0)
     _bound(source, "quantize.threads", q.threads, 1)
+    g = q.quality
+    _bound(source, "quantize.quality.tokens", g.tokens, 1)
+    _bound(source, "quantize.quality.seq_len", g.seq_len, 2)
+    _bound(source, "quantize.quality.top_k", g.top_k, 1)
+    _bound(source, "quantize.quality.default_max_kl", g.default_max_kl, 0)
+    for fmt, limit in g.max_kl.items():
+        _bound(source, f"quantize.quality.max_kl.{fmt}", limit, 0)
+    if g.enabled and g.texts != "builtin":
+        from cluster.quant.quality import read_records
+
+        try:
+            read_records(g.texts)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
 
 def _check_engine(sweep: C.SweepConfig, source: str) -> None:

@@ -150,6 +150,30 @@ COST_ONLY_HARDWARE_FIELDS = ("peak_tflops", "hbm_gbps", "gpus_per_node")
 
 
 @dataclass
+class QualityGate:
+    """The health check's quality gate: each checkpoint's next-token distributions vs the baseline's.
+
+    On held-out text (`texts`: builtin, or a local .txt / .jsonl with "text" or "prompt"+"completion"),
+    the KL divergence KL(baseline || checkpoint) per scored token, top-1 agreement and perplexity.
+    A checkpoint whose mean KL exceeds its format's `max_kl` (else `default_max_kl`) is
+    `quality_failed`: not evaluated or served unless `enforce` is false. Defaults and their
+    measurements: README, "The quality gate".
+    """
+
+    enabled: bool = True
+    texts: str = "builtin"  # builtin: a built model's held-out questions, else the shipped English text
+    tokens: int = 3000  # held-out tokens scored (the baseline's are computed once per model and cached)
+    seq_len: int = 512  # tokens per forward pass
+    top_k: int = 1024  # baseline log-probabilities kept per token (the rest is one bucket); >= vocab: exact
+    max_kl: dict[str, float] = field(
+        default_factory=lambda: {"w8a8-fp": 0.1, "w8a8-int": 0.5, "w4a16-int": 1.5, "w4a16-rtn": 3.0}
+    )
+    default_max_kl: float = 1.5
+    enforce: bool = True  # false: record and flag, but evaluate and serve a failing checkpoint anyway
+    max_params_b: float = 20.0  # larger models are not gated (a full fp32 forward on one node)
+
+
+@dataclass
 class QuantizeStage:
     """Resources for each quantization task, and the checks every new checkpoint gets."""
 
@@ -158,6 +182,7 @@ class QuantizeStage:
     num_gpus: float = 0
     threads: int | None = None  # torch threads per task; None: the task's CPUs (the host's cores locally)
     health_probe: bool = True  # load every checkpoint in vLLM and generate before evaluating it
+    quality: QualityGate = field(default_factory=QualityGate)
 
 
 @dataclass

@@ -235,7 +235,8 @@ class _Planner:
     def health(self, m: str, f: str) -> None:
         q = self.get("quantize", m, f)
         probe = self.sweep.quantize.health_probe
-        key = content_key("health", q.key, probe, asdict(self.sweep.engine), versions(EVAL_TOOLS))
+        gate = asdict(self.sweep.quantize.quality)
+        key = content_key("health", q.key, probe, gate, asdict(self.sweep.engine), versions(EVAL_TOOLS))
         self.add(
             Cell(
                 "health",

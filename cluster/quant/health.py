@@ -5,7 +5,9 @@ Three checks, cheapest first:
   asked for (number format, bits, strategy, group size, observer, activations, ignore list);
 - no GPTQ layer fell back to round-to-nearest (recorded by the quantize stage);
 - the checkpoint loads in vLLM and greedily generates a few finite-probability tokens (the health
-  cell runs it on the engine hosts that then evaluate the checkpoint: `cluster.stages.health`).
+  cell runs it on the engine hosts that then evaluate the checkpoint: `cluster.stages.health`);
+- the quality gate: its next-token distributions stay close to the baseline's on held-out text
+  (`cluster.quant.quality`), which catches weights that load and generate fluent garbage.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ SCHEMES: dict[str, tuple[str, int, str, str | None]] = {
     "W8A8": ("int", 8, "channel", "int"),
     "W4A16": ("int", 4, "group", None),
 }
-# verdicts, worst first; evaluation skips the first two
-VERDICTS = ("load_failed", "config_mismatch", "rtn_fallback", "ok")
+# verdicts, worst first; evaluation skips the first three
+VERDICTS = ("load_failed", "config_mismatch", "quality_failed", "rtn_fallback", "ok")
 
 
 def config_mismatches(recipe: RecipeConfig, checkpoint: Path | str) -> list[str]:
@@ -64,12 +66,16 @@ def config_mismatches(recipe: RecipeConfig, checkpoint: Path | str) -> list[str]
     return problems
 
 
-def verdict(mismatches: list[str], fallback: list[str], probed: dict[str, Any] | None) -> tuple[str, str]:
-    """(verdict, detail) from the three checks, the worst one winning."""
+def verdict(
+    mismatches: list[str], fallback: list[str], probed: dict[str, Any] | None, quality: str | None = None
+) -> tuple[str, str]:
+    """(verdict, detail) from the checks, the worst one winning (`quality`: the gate's failure, if any)."""
     if probed is not None and not probed["ok"]:
         return "load_failed", probed["error"]
     if mismatches:
         return "config_mismatch", "; ".join(mismatches)
+    if quality:
+        return "quality_failed", quality
     if fallback:
         return "rtn_fallback", f"{len(fallback)} GPTQ module(s) fell back to round-to-nearest"
     if probed is None:

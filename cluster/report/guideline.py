@@ -22,7 +22,13 @@ from cluster.report.data import RunData, slos
 from serve.slo import describe
 
 Row = dict[str, Any]
-UNUSABLE = ("load_failed", "config_mismatch", "failed", "not_measured")  # cluster.stages.health's verdicts
+UNUSABLE = (
+    "load_failed",
+    "config_mismatch",
+    "quality_failed",
+    "failed",
+    "not_measured",
+)  # cluster.stages.health's verdicts
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,13 @@ STAGES: dict[str, StageDef] = {
     for s in (
         StageDef("prepare", (), "cluster.stages.prepare"),
         StageDef("quantize", (), "cluster.stages.quantize"),
-        StageDef("health", ("quantized",), "cluster.stages.health", session="engines"),
+        StageDef("health", ("quantized", "proxies"), "cluster.stages.health", session="engines"),
         StageDef("evaluate", ("eval_scores", "eval_samples"), "cluster.stages.evaluate", session="engines"),
         StageDef("generate", ("generations",), "cluster.stages.generate", session="engines"),
         StageDef("recovery", ("recovery",), "cluster.stages.recovery"),
         StageDef("similarity", ("similarity",), "cluster.stages.similarity"),
         StageDef("loadtest", ("perf", "requests"), "cluster.stages.loadtest", session="serve"),
-        StageDef("tune", ("trials",), "cluster.stages.tune"),
+        StageDef("tune", ("trials", "proxies"), "cluster.stages.tune"),
     )
 }
 

@@ -1,8 +1,10 @@
 """The health stage: check a checkpoint before evaluation is spent on it; write its `quantized` row.
 
 Runs on the checkpoint's engine session: loading the checkpoint on the session's hosts is the vLLM
-probe, and the engines stay loaded for the evaluation cells that follow. Verdicts (worst first):
-load_failed, config_mismatch (evaluation and serving skip these), rtn_fallback, ok. Where this
+probe, and the engines stay loaded for the evaluation cells that follow. The quality gate
+(`cluster.quant.quality`) compares the checkpoint's next-token distributions with the baseline's
+and writes them as the checkpoint's `proxies` row. Verdicts (worst first): load_failed,
+config_mismatch, quality_failed (evaluation and serving skip these), rtn_fallback, ok. Where this
 host's vLLM lacks the scheme's kernel, the dense (dequantized) copy is what loads and is probed;
 the detail says so.
 """
@@ -11,16 +13,18 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cluster.quant import quality
 from cluster.quant.recipes import recipe_dict
 from cluster.run.env import CellRun
-from cluster.stages.common import coords, engine_threads
+from cluster.stages.common import coords, engine_threads, torch_threads
 from cluster.store.commit import CellResult
 
-UNUSABLE = ("load_failed", "config_mismatch", "failed", "not_measured")
+UNUSABLE = ("load_failed", "config_mismatch", "quality_failed", "failed", "not_measured")
 
 
 def engine_kwargs(cr: CellRun) -> dict[str, Any]:
@@ -77,23 +81,75 @@ def run(cr: CellRun) -> CellResult:
     cr.report("checking the checkpoint's config and loading it in vLLM")
     mismatches = config_mismatches(recipe, q["path"]) if recipe.algorithm != "none" else []
     probed = _probe(cr, q["eval_path"]) if env.sweep.quantize.health_probe else None
-    name, detail = verdict(mismatches, q.get("rtn_fallback_modules") or [], probed)
+    figures, failure = _quality(cr, q)
+    name, detail = verdict(mismatches, q.get("rtn_fallback_modules") or [], probed, failure)
+    if figures and name != "quality_failed":
+        detail += "; " + quality.describe(figures)
+        if failure:  # the gate failed but the sweep does not enforce it
+            detail += f" (would fail: {failure}; quantize.quality.enforce is off)"
     if q["weights"] == "dequantized" and name in ("ok", "rtn_fallback"):
         detail += f"; scored through a dense copy ({cell.reason})"
     if recipe.algorithm == "none" and name == "ok":
         detail = "the unquantized base model" + (f"; {detail}" if probed else "")
-    outputs = {**q, "health": name, "health_detail": detail}
+    outputs = {**q, "health": name, "health_detail": detail, "quality": figures}
+    rows = {"quantized": [row(cr, q, name, detail, figures)]}
+    if figures:
+        rows["proxies"] = [proxy_row(cr, q, figures, "health")]
     return CellResult(
-        rows={"quantized": [row(cr, q, name, detail)]},
+        rows=rows,
         outputs=outputs,
         context=cr.context(engine_threads()),
         note=f"{name}: {detail}",
     )
 
 
-def row(cr: CellRun, q: dict[str, Any], health: str, detail: str) -> dict[str, Any]:
+def _quality(cr: CellRun, q: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """The gate's figures (None: not gated) and its failure (None: passed, or not enforced)."""
+    env, cell = cr.env, cr.cell
+    cfg, model = env.sweep.quantize.quality, env.catalog.models[cell.model]
+    if not cfg.enabled or model.params_b > cfg.max_params_b or not q.get("path"):
+        return None, None
+    cr.report("quality gate: next-token distributions vs the baseline on held-out text")
+    torch_threads(cr)
+    figures = quality.measure(
+        q["prepared"], q["path"], q.get("weights") == "base", cfg, model.builder, Path(env.root) / "cache"
+    )
+    failure = quality.gate(figures, cfg.max_kl.get(cell.format, cfg.default_max_kl))
+    return figures, failure if cfg.enforce else None
+
+
+def proxy_row(
+    cr: CellRun, q: dict[str, Any], figures: dict[str, Any], stage: str, **extra: Any
+) -> dict[str, Any]:
+    """A `proxies` row: the gate's figures as cheap predictors of recovery."""
+    cfg = cr.env.sweep.quantize.quality
+    return {
+        **coords(cr),
+        "stage": stage,
+        "artifact_key": q.get("key") or "-",
+        "trial_id": extra.get("trial_id") or "-",
+        "kl_mean": figures["kl_mean"],
+        "kl_p99": figures["kl_p99"],
+        "top1_agreement": figures["top1_agreement"],
+        "flip_rate": 1.0 - figures["top1_agreement"],
+        "ppl": figures["ppl"],
+        "ppl_baseline": figures["ppl_baseline"],
+        "ppl_ratio": figures["ppl_ratio"],
+        "tokens": figures["tokens"],
+        "top_k": figures["top_k"],
+        "exact": figures["exact"],
+        "texts": cfg.texts,
+        "max_kl": cfg.max_kl.get(cr.cell.format, cfg.default_max_kl),
+        "error": figures.get("error"),
+    }
+
+
+def row(
+    cr: CellRun, q: dict[str, Any], health: str, detail: str, figures: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The checkpoint's `quantized` row."""
     fmt = cr.env.catalog.formats[cr.cell.format]
+    f = figures or {}
     return {
         **coords(cr),
         "label": fmt.label,
@@ -108,6 +164,11 @@ def row(cr: CellRun, q: dict[str, Any], health: str, detail: str) -> dict[str, A
         "rtn_fallback_modules": list(q.get("rtn_fallback_modules") or []),
         "health": health,
         "health_detail": detail,
+        "quality_kl": f.get("kl_mean"),
+        "quality_top1": f.get("top1_agreement"),
+        "quality_ppl": f.get("ppl"),
+        "quality_ppl_ratio": f.get("ppl_ratio"),
+        "quality_tokens": f.get("tokens"),
     }
 
 

@@ -50,6 +50,32 @@ QUANTIZED = _schema(
     pa.field("rtn_fallback_modules", pa.list_(pa.string()), nullable=False),
     pa.field("health", pa.string(), nullable=False),
     pa.field("health_detail", pa.string()),
+    # the quality gate's figures vs the baseline (cluster.quant.quality); null where not gated
+    pa.field("quality_kl", _F64),
+    pa.field("quality_top1", _F64),
+    pa.field("quality_ppl", _F64),
+    pa.field("quality_ppl_ratio", _F64),
+    pa.field("quality_tokens", pa.int64()),
+)
+
+# Cheap recovery proxies per checkpoint (the health cell's gate, or a tuning trial's first rung)
+PROXIES = _schema(
+    pa.field("artifact_key", pa.string(), nullable=False),
+    pa.field("trial_id", pa.string(), nullable=False),  # "-" outside tuning
+    pa.field("kl_mean", _F64, nullable=False),  # nats per scored token, KL(baseline || checkpoint)
+    pa.field("kl_p99", _F64, nullable=False),
+    pa.field("top1_agreement", _F64, nullable=False),
+    pa.field("flip_rate", _F64, nullable=False),  # 1 - top-1 agreement
+    pa.field("ppl", _F64, nullable=False),
+    pa.field("ppl_baseline", _F64),
+    pa.field("ppl_ratio", _F64, nullable=False),
+    pa.field("tokens", pa.int64(), nullable=False),
+    pa.field("top_k", pa.int64(), nullable=False),  # baseline log-probabilities kept per token
+    pa.field("exact", pa.bool_(), nullable=False),  # top_k covered the vocabulary: KL is exact
+    pa.field("texts", pa.string(), nullable=False),
+    pa.field("max_kl", _F64, nullable=False),
+    pa.field("error", pa.string()),
+    extra_keys=("stage",),
 )
 
 EVAL_SCORES = _schema(
@@ -236,6 +262,7 @@ CATALOG: dict[str, pa.Schema] = {
     "requests": REQUESTS,
     "perf": PERF,
     "trials": TRIALS,
+    "proxies": PROXIES,
     "generations": GENERATIONS,
     "similarity": SIMILARITY,
     "guideline": GUIDELINE,  # written by `report` (not a cell): one file per sweep x model
@@ -251,5 +278,5 @@ def partition_cols(name: str) -> tuple[str, ...]:
 
 
 _KEYS = {"guideline": ("sweep", "model")}
-_EXTRA = {"eval_scores": 1, "eval_samples": 1, "recovery": 1, "requests": 2, "perf": 2}
+_EXTRA = {"eval_scores": 1, "eval_samples": 1, "recovery": 1, "requests": 2, "perf": 2, "proxies": 1}
 _EXTRA.update({k: 0 for k in ("quantized", "trials", "generations", "similarity")})
