@@ -118,6 +118,8 @@ def _check_suite(suite: C.SuiteConfig, source: str) -> None:
         _bound(source, f"task {task.name}: max_gen_toks", task.max_gen_toks, 1)
         _bound(source, f"task {task.name}: num_fewshot", task.num_fewshot, 0)
         _bound(source, f"task {task.name}: random_baseline", task.random_baseline, 0.0, 0.999)
+        for sub, b in task.subtask_baselines.items():
+            _bound(source, f"task {task.name}: subtask_baselines.{sub}", b, 0.0, 0.999)
 
 
 def check_format(fmt: C.FormatConfig, source: str) -> None:

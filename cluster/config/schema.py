@@ -100,6 +100,9 @@ class TaskSpec:
     num_fewshot: int | None = None
     metric: str = "acc"
     random_baseline: float = 0.0  # Leaderboard V2 normalisation: subtracted, then rescaled
+    # an lm-eval group normalised per subtask (V2's BBH, MuSR): subtask -> its own random baseline;
+    # the task's score is then the mean of its subtasks' normalised scores
+    subtask_baselines: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config.schema import RecipeConfig, SuiteConfig, TuneStage
-from cluster.eval.scoring import Docs, docs_of, docs_score, recovery_pct
+from cluster.eval.scoring import Docs, Groups, docs_of, docs_score, recovery_pct
 from cluster.plan.keys import content_key
 from cluster.run.env import CellRun, RunEnv
 from cluster.stages.common import coords
@@ -43,7 +43,7 @@ class TrialSetup:
     suite: SuiteConfig
     include_path: str | None
     budgets: tuple[int | None, ...]
-    sizes: dict[str, int]
+    sizes: dict[str, dict[str, int]]  # suite task -> leaf task (a group's subtasks) -> documents
     baseline: Docs
     artifact_root: str
     route: str
@@ -60,9 +60,26 @@ def apply_params(recipe: RecipeConfig, params: dict[str, Any]) -> RecipeConfig:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
-def first_docs(sizes: dict[str, int], start: int, stop: int | None) -> dict[str, list[int]]:
-    """Document indices [start, stop) of every task, clipped to its size."""
-    return {t: list(range(min(start, n), n if stop is None else min(stop, n))) for t, n in sizes.items()}
+def first_docs(sizes: dict[str, dict[str, int]], start: int, stop: int | None) -> dict[str, list[int]]:
+    """Document indices [start, stop) of every task, clipped to its size, per leaf task.
+
+    A group's budget is shared among its subtasks in proportion to their sizes (rounded up), so a
+    rung scores about `stop` documents of MMLU, not `stop` of each of its 57 subjects, and the
+    pooled documents stay a fair sample of lm-eval's size-weighted group score.
+    """
+    picks = {}
+    for leaves in sizes.values():
+        total = sum(leaves.values()) or 1
+        for leaf, n in leaves.items():
+            lo = min(n, math.ceil(start * n / total))
+            hi = n if stop is None else min(n, math.ceil(stop * n / total))
+            picks[leaf] = list(range(lo, hi))
+    return picks
+
+
+def groups_of_sizes(sizes: dict[str, dict[str, int]]) -> Groups:
+    """Each suite task's leaf tasks, from `task_sizes`."""
+    return {task: list(leaves) for task, leaves in sizes.items()}
 
 
 def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
@@ -86,19 +103,33 @@ def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
 
 
 def evaluate_docs(
-    env: RunEnv, lm, suite: SuiteConfig, include: str | None, picks: dict[str, list[int]] | None
+    env: RunEnv,
+    lm,
+    suite: SuiteConfig,
+    include: str | None,
+    picks: dict[str, list[int]] | None,
+    groups: Groups | None = None,
 ) -> Docs:
-    """Per-document values on the chosen documents (None: all of every task)."""
+    """Per-document values per leaf task on the chosen documents (None: all of every task).
+
+    A group's subtasks are evaluated by their own names, so each gets only its chosen documents.
+    """
     from cluster.eval.harness import evaluate_suite
 
     ev = env.sweep.eval
-    tasks = [(t.name, t.num_fewshot) for t in suite.tasks if picks is None or picks[t.name]]
+    groups = groups or {t.name: [t.name] for t in suite.tasks}
+    tasks = [
+        (leaf, t.num_fewshot)
+        for t in suite.tasks
+        for leaf in groups[t.name]
+        if picks is None or picks.get(leaf)
+    ]
     if not tasks:
-        return {t.name: {} for t in suite.tasks}
+        return {leaf: {} for leaves in groups.values() for leaf in leaves}
     out = evaluate_suite(
         lm, tasks, include, None, ev.apply_chat_template, ev.fewshot_as_multiturn, ev.seed, samples=picks
     )
-    return docs_of(out, suite)
+    return docs_of(out, suite, groups)
 
 
 def measure(
@@ -109,7 +140,7 @@ def measure(
 
     lm = open_lm(env, path, tp, pp)
     sizes = task_sizes([t.name for t in suite.tasks], include)
-    return evaluate_docs(env, lm, suite, include, first_docs(sizes, 0, budget))
+    return evaluate_docs(env, lm, suite, include, first_docs(sizes, 0, budget), groups_of_sizes(sizes))
 
 
 def trial_checkpoint(setup: TrialSetup, recipe: RecipeConfig) -> tuple[str, dict[str, Any]]:
@@ -152,13 +183,15 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     lm = open_lm(setup.env, path, setup.tp)
     loaded = time.perf_counter()
     suite = setup.suite
-    docs: Docs = {t.name: {} for t in suite.tasks}
+    groups = groups_of_sizes(setup.sizes)
+    docs: Docs = {leaf: {} for leaves in groups.values() for leaf in leaves}
     previous = 0
     for rung, budget in enumerate(setup.budgets, start=1):
         picks = first_docs(setup.sizes, previous, budget)
-        for task, values in evaluate_docs(setup.env, lm, suite, setup.include_path, picks).items():
-            docs[task].update(values)
-        score, base_score = docs_score(suite, docs), docs_score(suite, setup.baseline, only=docs)
+        for leaf, values in evaluate_docs(setup.env, lm, suite, setup.include_path, picks, groups).items():
+            docs.setdefault(leaf, {}).update(values)
+        score = docs_score(suite, docs, groups=groups)
+        base_score = docs_score(suite, setup.baseline, only=docs, groups=groups)
         tune.report(
             {
                 "rung": rung,
@@ -443,7 +476,12 @@ def _validate(cr: CellRun, setup: TrialSetup, recipe: RecipeConfig) -> dict[str,
         [(best_path, suite, include, t.limit), (cr.input_of("quantize")["path"], suite, include, t.limit)],
         baseline=False,
     )
-    recovery = recovery_pct(docs_score(suite, best_docs), docs_score(suite, base_docs))
+    from cluster.eval.harness import task_sizes
+
+    groups = groups_of_sizes(task_sizes([x.name for x in suite.tasks], include))
+    recovery = recovery_pct(
+        docs_score(suite, best_docs, groups=groups), docs_score(suite, base_docs, groups=groups)
+    )
     return {"validation_suite": suite.name, "validation_recovery_pct": recovery}
 
 
