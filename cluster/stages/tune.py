@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.config.modelfit import recipe_for
 from cluster.config.schema import RecipeConfig, SuiteConfig, TuneStage
 from cluster.eval.scoring import Docs, Groups, docs_of, docs_score, recovery_pct
 from cluster.plan.keys import content_key
@@ -412,7 +413,7 @@ def _setup(cr: CellRun, path: Path) -> TrialSetup:
         cell.format,
         prepared["path"],
         prepared.get("instruct_source"),
-        env.catalog.formats[cell.format].recipe,
+        recipe_for(env.catalog, cell.model, cell.format),
         suite,
         include,
         steps,
