@@ -127,15 +127,15 @@ def model_config(sweep: C.SweepConfig, model: C.ModelConfig) -> tuple[dict[str, 
     return None
 
 
-def _formats(sweep: C.SweepConfig) -> list[tuple[str, list[int | None]]]:
-    """Each quantized format of the sweep with the extra group sizes tuning will try."""
-    out = [(f, []) for f in sweep.formats]
+def _formats(sweep: C.SweepConfig) -> list[tuple[str, list[int]]]:
+    """Each format of the sweep with the extra group sizes tuning will try on it."""
+    tried: list[int] = []
     if sweep.tune.enabled:
-        tried = list(sweep.tune.space.get("group_size") or [])
-        out = [(f, tried if f == sweep.tune.format else []) for f, _ in out]
-        if sweep.tune.format not in sweep.formats:
-            out.append((sweep.tune.format, tried))
-    return out  # type: ignore[return-value]
+        tried = [int(v) for v in sweep.tune.space.get("group_size") or [] if v is not None]
+    out = [(f, tried if f == sweep.tune.format else []) for f in sweep.formats]
+    if sweep.tune.enabled and sweep.tune.format not in sweep.formats:
+        out.append((sweep.tune.format, tried))
+    return out
 
 
 def check_group_sizes(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
@@ -152,10 +152,10 @@ def check_group_sizes(sweep: C.SweepConfig, catalog: Catalog, source: str) -> No
                 break  # a hub-only model: its config.json is read where the hub is reachable
             inputs = linear_inputs(found[0])
             for size in [recipe.group_size or DEFAULT_GROUP, *tried]:
-                bad = misfits(inputs, int(size), list(recipe.ignore))
+                bad = misfits(inputs, size, list(recipe.ignore))
                 if bad:
                     entry = f"{catalog.conf_dir / 'models' / name}.yaml"
-                    raise ConfigError(_message(source, name, fmt, int(size), bad, inputs, found[1], entry))
+                    raise ConfigError(_message(source, name, fmt, size, bad, inputs, found[1], entry))
 
 
 def _message(

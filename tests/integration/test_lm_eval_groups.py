@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from cluster.config.schema import SuiteConfig, TaskSpec
-from cluster.eval.scoring import docs_of, groups_of
+from cluster.eval.scoring import docs_from_rows, docs_of, groups_from_rows, groups_of
 from cluster.eval.stats import bootstrap_recovery, flips
 from cluster.stages.tune import first_docs, groups_of_sizes
+from cluster.store.schemas import CATALOG
 
 pytestmark = pytest.mark.integration
 SIZES = {"qs_grp_a": 6, "qs_grp_b": 4}
@@ -87,3 +88,20 @@ def test_a_local_group_gives_sizes_samples_flips_and_a_finite_interval(tmp_path)
     assert flips(fmt, base, suite, groups) == (5, 5)  # every document flips; label alternates 0/1
     lo, hi = bootstrap_recovery(fmt, fmt, suite, n_boot=50, groups=groups)
     assert math.isfinite(lo) and lo == pytest.approx(100.0) and hi == pytest.approx(100.0)
+
+    # the evaluate stage's eval_samples rows carry the same documents, each naming its subtask
+    rows = [_sample_rows(o, suite) for o in outs]
+    assert {(r["task"], r["subtask"]) for r in rows[0]} == {("qs_grp", leaf) for leaf in SIZES}
+    assert set(rows[0][0]) <= {f.name for f in CATALOG["eval_samples"]}
+    assert docs_from_rows(rows[0], suite) == {"qs_grp": {}, **fmt}
+    assert groups_from_rows(rows[0] + rows[1], suite) == groups
+    assert flips(docs_from_rows(rows[0], suite), docs_from_rows(rows[1], suite), suite, groups) == (5, 5)
+
+
+def _sample_rows(out: dict, suite: SuiteConfig) -> list[dict]:
+    from types import SimpleNamespace
+
+    from cluster.stages.evaluate import _sample_rows as rows
+
+    cell = SimpleNamespace(model="m", format="f", suite=suite.name)
+    return rows(SimpleNamespace(cell=cell, env=SimpleNamespace(sweep=SimpleNamespace(name="s"))), suite, out)  # type: ignore[arg-type]
