@@ -24,7 +24,8 @@ from typing import Any
 
 from cluster.config.modelfit import recipe_for
 from cluster.config.schema import RecipeConfig, SuiteConfig, TuneStage
-from cluster.eval.scoring import Docs, Groups, docs_of, docs_score, recovery_pct
+from cluster.eval.docsets import evaluate_docs, first_docs, groups_of_sizes
+from cluster.eval.scoring import Docs, docs_score, recovery_pct
 from cluster.plan.keys import content_key
 from cluster.run.env import CellRun, RunEnv
 from cluster.stages.common import coords
@@ -61,28 +62,6 @@ def apply_params(recipe: RecipeConfig, params: dict[str, Any]) -> RecipeConfig:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
-def first_docs(sizes: dict[str, dict[str, int]], start: int, stop: int | None) -> dict[str, list[int]]:
-    """Document indices [start, stop) of every task, clipped to its size, per leaf task.
-
-    A group's budget is shared among its subtasks in proportion to their sizes (rounded up), so a
-    rung scores about `stop` documents of MMLU, not `stop` of each of its 57 subjects, and the
-    pooled documents stay a fair sample of lm-eval's size-weighted group score.
-    """
-    picks = {}
-    for leaves in sizes.values():
-        total = sum(leaves.values()) or 1
-        for leaf, n in leaves.items():
-            lo = min(n, math.ceil(start * n / total))
-            hi = n if stop is None else min(n, math.ceil(stop * n / total))
-            picks[leaf] = list(range(lo, hi))
-    return picks
-
-
-def groups_of_sizes(sizes: dict[str, dict[str, int]]) -> Groups:
-    """Each suite task's leaf tasks, from `task_sizes`."""
-    return {task: list(leaves) for task, leaves in sizes.items()}
-
-
 def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
     """lm-eval's vLLM backend with an engine inside this process (a trial's or a task's).
 
@@ -103,36 +82,6 @@ def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
     return VLLM(pretrained=path, **kwargs)
 
 
-def evaluate_docs(
-    env: RunEnv,
-    lm,
-    suite: SuiteConfig,
-    include: str | None,
-    picks: dict[str, list[int]] | None,
-    groups: Groups | None = None,
-) -> Docs:
-    """Per-document values per leaf task on the chosen documents (None: all of every task).
-
-    A group's subtasks are evaluated by their own names, so each gets only its chosen documents.
-    """
-    from cluster.eval.harness import evaluate_suite
-
-    ev = env.sweep.eval
-    groups = groups or {t.name: [t.name] for t in suite.tasks}
-    tasks = [
-        (leaf, t.num_fewshot)
-        for t in suite.tasks
-        for leaf in groups[t.name]
-        if picks is None or picks.get(leaf)
-    ]
-    if not tasks:
-        return {leaf: {} for leaves in groups.values() for leaf in leaves}
-    out = evaluate_suite(
-        lm, tasks, include, None, ev.apply_chat_template, ev.fewshot_as_multiturn, ev.seed, samples=picks
-    )
-    return docs_of(out, suite, groups)
-
-
 def measure(
     env: RunEnv, path: str, suite: SuiteConfig, include: str | None, budget: int | None, tp: int, pp: int = 1
 ) -> Docs:
@@ -141,7 +90,9 @@ def measure(
 
     lm = open_lm(env, path, tp, pp)
     sizes = task_sizes([t.name for t in suite.tasks], include)
-    return evaluate_docs(env, lm, suite, include, first_docs(sizes, 0, budget), groups_of_sizes(sizes))
+    return evaluate_docs(
+        env.sweep.eval, lm, suite, include, first_docs(sizes, 0, budget), groups_of_sizes(sizes)
+    )
 
 
 def trial_checkpoint(setup: TrialSetup, recipe: RecipeConfig) -> tuple[str, dict[str, Any]]:
@@ -189,7 +140,9 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     previous = 0
     for rung, budget in enumerate(setup.budgets, start=1):
         picks = first_docs(setup.sizes, previous, budget)
-        for leaf, values in evaluate_docs(setup.env, lm, suite, setup.include_path, picks, groups).items():
+        for leaf, values in evaluate_docs(
+            setup.env.sweep.eval, lm, suite, setup.include_path, picks, groups
+        ).items():
             docs.setdefault(leaf, {}).update(values)
         score = docs_score(suite, docs, groups=groups)
         base_score = docs_score(suite, setup.baseline, only=docs, groups=groups)

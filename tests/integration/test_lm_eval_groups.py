@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from cluster.config.schema import SuiteConfig, TaskSpec
+from cluster.eval.docsets import first_docs, groups_of_sizes
 from cluster.eval.scoring import docs_from_rows, docs_of, groups_from_rows, groups_of
 from cluster.eval.stats import bootstrap_recovery, flips
-from cluster.stages.tune import first_docs, groups_of_sizes
 from cluster.store.schemas import CATALOG
 
 pytestmark = pytest.mark.integration

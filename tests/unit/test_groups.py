@@ -9,6 +9,7 @@ import random
 import pytest
 
 from cluster.config.schema import SuiteConfig, TaskSpec
+from cluster.eval.docsets import first_docs, groups_of_sizes
 from cluster.eval.scoring import (
     docs_from_rows,
     docs_score,
@@ -19,7 +20,6 @@ from cluster.eval.scoring import (
     suite_score,
 )
 from cluster.eval.stats import bootstrap_recovery, flips
-from cluster.stages.tune import first_docs, groups_of_sizes
 
 pytestmark = pytest.mark.unit
 SUITE = SuiteConfig(

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from cluster.config.schema import SuiteConfig, TaskSpec, TuneStage
+from cluster.eval.docsets import first_docs
 from cluster.eval.scoring import docs_from_rows, docs_of, docs_score
-from cluster.stages.tune import apply_params, budgets, first_docs
+from cluster.stages.tune import apply_params, budgets
 
 pytestmark = pytest.mark.unit
 SUITE = SuiteConfig(
