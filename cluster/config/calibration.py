@@ -72,8 +72,7 @@ def check_calibration_file(source: str, where: str) -> None:
         return  # a hub dataset id: checked where the cluster can reach the hub
     path = Path(source).expanduser()
     if path.is_dir():
-        if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
-            raise ConfigError(f"{where}: '{path}' is a folder but not a saved dataset (no dataset_info.json)")
+        _check_saved_dataset(path, where)
         return
     if not path.is_file():
         raise ConfigError(f"{where}: '{path}' does not exist")
@@ -89,6 +88,31 @@ def check_calibration_file(source: str, where: str) -> None:
             raise ConfigError(
                 f"{where}: '{path}' row {n} has {keys}; each row needs one of {', '.join(LAYOUTS)}"
             )
+
+
+LAYOUT_COLUMNS = ({"text"}, {"messages"}, {"instruction", "output"}, {"prompt", "completion"})
+
+
+def _check_saved_dataset(path: Path, where: str) -> None:
+    """A `save_to_disk` folder (a Dataset, or a DatasetDict read through its train split) with a layout's columns."""
+    info = path / "dataset_info.json"
+    if (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text()).get("splits") or []
+        except (OSError, ValueError):
+            splits = []
+        split = "train" if "train" in splits else (splits[0] if splits else "")
+        info = path / split / "dataset_info.json"
+    if not info.is_file():
+        raise ConfigError(f"{where}: '{path}' is a folder but not a saved dataset (no dataset_info.json)")
+    try:
+        columns = set(json.loads(info.read_text()).get("features") or {})
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: '{info}' cannot be read ({exc})") from None
+    if not any(need <= columns for need in LAYOUT_COLUMNS):
+        raise ConfigError(
+            f"{where}: saved dataset '{path}' has columns {sorted(columns)}; it needs one of {', '.join(LAYOUTS)}"
+        )
 
 
 def check_prompts_file(source: str, where: str) -> None:

@@ -118,6 +118,8 @@ def _check_suite(suite: C.SuiteConfig, source: str) -> None:
         _bound(source, f"task {task.name}: max_gen_toks", task.max_gen_toks, 1)
         _bound(source, f"task {task.name}: num_fewshot", task.num_fewshot, 0)
         _bound(source, f"task {task.name}: random_baseline", task.random_baseline, 0.0, 0.999)
+        for sub, b in task.subtask_baselines.items():
+            _bound(source, f"task {task.name}: subtask_baselines.{sub}", b, 0.0, 0.999)
 
 
 def check_format(fmt: C.FormatConfig, source: str) -> None:
@@ -341,7 +343,7 @@ def _check_autoscaling(sv: ServeConfig, source: str) -> None:
 # --- recipes and tuning ---------------------------------------------------------------------------
 
 
-def _set_recipe(fmt: C.FormatConfig, values: dict[str, Any], source: str, where: str) -> C.FormatConfig:
+def set_recipe(fmt: C.FormatConfig, values: dict[str, Any], source: str, where: str) -> C.FormatConfig:
     """A copy of the format with dotted recipe keys set (each must name a RecipeConfig field)."""
     recipe = OmegaConf.structured(C.RecipeConfig)
     for key in values:
@@ -365,7 +367,7 @@ def apply_recipe_overrides(sweep: C.SweepConfig, catalog: Catalog, source: str) 
         _known([name], {f: 1 for f in used}, source, "recipe_overrides")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: recipe_overrides.{name} must map recipe keys to values")
-        fmt = _set_recipe(catalog.formats[name], values, source, f"recipe_overrides.{name}")
+        fmt = set_recipe(catalog.formats[name], values, source, f"recipe_overrides.{name}")
         check_format(fmt, f"{source} (recipe_overrides.{name})")
         catalog.formats[name] = fmt
 
@@ -404,12 +406,12 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     if not t.space:
         raise ConfigError(f"{source}: tune.space must name at least one recipe key")
     fmt = catalog.formats[t.format]
-    _set_recipe(fmt, {k: getattr_dotted(fmt.recipe, k) for k in t.space}, source, "tune.space")
+    set_recipe(fmt, {k: getattr_dotted(fmt.recipe, k) for k in t.space}, source, "tune.space")
     for key, values in t.space.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{source}: tune.space.{key} must be a non-empty list of values")
         for value in values:  # every value must make a valid recipe on its own
-            trial = _set_recipe(fmt, {key: value}, source, f"tune.space.{key}")
+            trial = set_recipe(fmt, {key: value}, source, f"tune.space.{key}")
             check_format(trial, f"{source} (tune.space.{key}={value})")
 
 

@@ -17,6 +17,7 @@ from cluster.config import yamlsafe
 from cluster.config.checks import apply_recipe_overrides, check_catalog, check_sweep
 from cluster.config.clusters import check_placement, load_cost
 from cluster.config.merge import structured
+from cluster.config.modelfit import check_group_sizes, check_model_recipes
 from cluster.config.schema import Catalog
 from cluster.errors import ConfigError
 
@@ -66,6 +67,7 @@ def load_catalog(conf_dir: Path | str | None = None) -> Catalog:
         cost=load_cost(root),
     )
     check_catalog(catalog)
+    check_model_recipes(catalog)
     return catalog
 
 
@@ -77,6 +79,7 @@ def load_sweep(path: Path | str, overrides: list[str] | None = None) -> tuple[C.
     check_sweep(sweep, catalog, source)
     check_placement(sweep, catalog, source)
     apply_recipe_overrides(sweep, catalog, source)
+    check_group_sizes(sweep, catalog, source)
     return sweep, catalog
 
 

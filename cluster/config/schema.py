@@ -87,6 +87,10 @@ class ModelConfig:
     instruct_dataset: str | None = None  # calibration data for source=instruct (hub id)
     license: str | None = None  # the base model's license id (carried into quantized model cards)
     gpus: dict[str, int] = field(default_factory=dict)  # format -> GPUs per replica (80 GB class)
+    # recipes that fit this model (cluster.config.modelfit): the W4A16 group size for every W4A16
+    # format, and per-format recipe keys (e.g. {w4a16-int: {group_size: 64}}); both win over conf/formats
+    group_size: int | None = None
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +104,9 @@ class TaskSpec:
     num_fewshot: int | None = None
     metric: str = "acc"
     random_baseline: float = 0.0  # Leaderboard V2 normalisation: subtracted, then rescaled
+    # an lm-eval group normalised per subtask (V2's BBH, MuSR): subtask -> its own random baseline;
+    # the task's score is then the mean of its subtasks' normalised scores
+    subtask_baselines: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

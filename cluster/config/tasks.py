@@ -33,5 +33,6 @@ def check_tasks(sweep: SweepConfig, catalog: Catalog) -> None:
 
                     index[suite.include_path] = set(TaskManager(include_path=suite.include_path).all_tasks)
                 known = index[suite.include_path]
-            if task.name not in known:
-                raise ConfigError(f"suite '{s}': unknown lm-eval task '{task.name}'")
+            for name in (task.name, *task.subtask_baselines):
+                if name not in known:
+                    raise ConfigError(f"suite '{s}': unknown lm-eval task '{name}'")

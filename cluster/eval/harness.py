@@ -42,12 +42,19 @@ def evaluate_suite(
     """Run lm-eval on (task, num_fewshot) pairs; one evaluator call per shot count.
 
     `samples` (task -> document indices) evaluates chosen documents instead of the first `limit`.
-    Returns lm-eval's merged `results`, `n-samples`, `samples` and `configs` keyed by task name.
+    Returns lm-eval's merged `results`, `n-samples`, `samples` and `configs` keyed by task name, and
+    `group_subtasks` (group -> its subtasks; a group's samples are under its subtasks' names).
     """
     import lm_eval
 
     manager = task_manager(include_path, metadata)
-    merged: dict[str, Any] = {"results": {}, "n-samples": {}, "samples": {}, "configs": {}}
+    merged: dict[str, Any] = {
+        "results": {},
+        "n-samples": {},
+        "samples": {},
+        "configs": {},
+        "group_subtasks": {},
+    }
     for shots in sorted({s for _, s in tasks}, key=lambda s: -1 if s is None else s):
         names = [t for t, s in tasks if s == shots]
         out = lm_eval.simple_evaluate(
@@ -115,12 +122,16 @@ def leaf_tasks(task_dict: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
-def task_sizes(names: list[str], include_path: str | None) -> dict[str, int]:
-    """Evaluation documents per leaf task (groups such as MMLU expand to their subtasks)."""
+def task_sizes(names: list[str], include_path: str | None) -> dict[str, dict[str, int]]:
+    """Evaluation documents per leaf task of each named task (a group such as MMLU: its subtasks)."""
     from lm_eval.tasks import get_task_dict
 
-    tasks = leaf_tasks(get_task_dict(names, task_manager(include_path)))
-    return {name: len(task.eval_docs) for name, task in tasks.items()}
+    manager = task_manager(include_path)
+    out = {}
+    for name in names:
+        tasks = leaf_tasks(get_task_dict([name], manager))
+        out[name] = {leaf: len(task.eval_docs) for leaf, task in tasks.items()}
+    return out
 
 
 def greedy(lm: Any, prompts: list[str], max_tokens: int) -> list[str]:

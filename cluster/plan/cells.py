@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from cluster.config.capacity import ClusterConfig
+from cluster.config.modelfit import recipe_for
 from cluster.config.schema import (
     COST_ONLY_HARDWARE_FIELDS,
     Catalog,
@@ -221,7 +222,10 @@ class _Planner:
     def prepare(self, m: str) -> None:
         model = self.catalog.models[m]
         override = self.sweep.model_paths.get(m)
-        spec = {k: v for k, v in asdict(model).items() if k != "license"}  # metadata: not in the weights' key
+        # metadata and recipe settings are not in the weights' key
+        spec = {
+            k: v for k, v in asdict(model).items() if k not in ("license", "group_size", "recipe_overrides")
+        }
         key = content_key("prepare", spec, override, versions(("transformers",)))
         self.add(Cell("prepare", m, key=key, resources=Resources(cpus=1)))
 
@@ -229,7 +233,8 @@ class _Planner:
         fmt, base = self.catalog.formats[f], self.get("prepare", m)
         how, why = route(fmt, self.host)
         res = self.quantize_resources(m, f)
-        key = content_key("quantize", base.key, asdict(fmt.recipe), versions(QUANT_TOOLS), self.dtype, how)
+        recipe = asdict(recipe_for(self.catalog, m, f))
+        key = content_key("quantize", base.key, recipe, versions(QUANT_TOOLS), self.dtype, how)
         self.add(Cell("quantize", m, f, key=key, deps=(base.key,), resources=res, route=how, reason=why))
 
     def health(self, m: str, f: str) -> None:
@@ -331,7 +336,7 @@ class _Planner:
         reuse = self._baseline_eval(m)
         if reuse is not None:  # the baseline's committed per-document scores are the search's yardstick
             deps += (reuse.key,)
-        recipe = asdict(self.catalog.formats[t.format].recipe)
+        recipe = asdict(recipe_for(self.catalog, m, t.format))
         eval_knobs = {
             k: getattr(self.sweep.eval, k) for k in ("seed", "apply_chat_template", "fewshot_as_multiturn")
         }

@@ -34,21 +34,27 @@ def include_path(suite: SuiteConfig, prepared: dict[str, Any]) -> str | None:
 
 
 def _score_rows(cr: CellRun, suite: SuiteConfig, out: dict, weights: str) -> list[dict]:
+    """One row per suite task, plus one per subtask a task normalises on its own (`subtask_baselines`)."""
+    from cluster.eval.scoring import groups_of
+
+    groups = groups_of(out, suite)
     rows = []
     for t in suite.tasks:
-        key, value, stderr = metric_value(out["results"][t.name], t.metric)
-        n = out["n-samples"].get(t.name, {}).get("effective")
-        rows.append(
-            {
-                **_score_base(cr, t.name, t.num_fewshot, weights),
-                "metric": key,
-                "value": value,
-                "stderr": stderr,
-                "n": n,
-                "status": "measured",
-                "reason": "",
-            }
-        )
+        for name in [t.name, *t.subtask_baselines]:
+            key, value, stderr = metric_value(out["results"][name], t.metric)
+            leaves = groups[t.name] if name == t.name else [name]
+            counts = [out["n-samples"].get(leaf, {}).get("effective") for leaf in leaves]
+            rows.append(
+                {
+                    **_score_base(cr, name, t.num_fewshot, weights),
+                    "metric": key,
+                    "value": value,
+                    "stderr": stderr,
+                    "n": None if None in counts else sum(counts),
+                    "status": "measured",
+                    "reason": "",
+                }
+            )
     return rows
 
 
@@ -72,23 +78,30 @@ def _score_base(cr: CellRun, task: str, shots: int | None, weights: str) -> dict
 
 
 def _sample_rows(cr: CellRun, suite: SuiteConfig, out: dict) -> list[dict]:
+    """One row per logged sample; a group's samples are under the group, each naming its subtask."""
+    from cluster.eval.scoring import groups_of
+
+    groups = groups_of(out, suite)
     rows = []
     for t in suite.tasks:
-        for s in out["samples"].get(t.name, []):
-            metrics = {k: float(s[k]) for k in s.get("metrics", []) if isinstance(s.get(k), (int, float))}
-            rows.append(
-                {
-                    **coords(cr, "suite"),
-                    "task": t.name,
-                    "doc_id": int(s["doc_id"]),
-                    "prompt_hash": s.get("prompt_hash"),
-                    "target": str(s.get("target")),
-                    "response": json.dumps(s.get("filtered_resps"), default=str),
-                    "metrics": list(metrics.items()),
-                    "isolation": s.get("isolation"),
-                }
-            )
+        for leaf in groups[t.name]:
+            rows += [_sample_row(cr, t.name, leaf, s) for s in out["samples"].get(leaf, [])]
     return rows
+
+
+def _sample_row(cr: CellRun, task: str, leaf: str, s: dict) -> dict:
+    metrics = {k: float(s[k]) for k in s.get("metrics", []) if isinstance(s.get(k), (int, float))}
+    return {
+        **coords(cr, "suite"),
+        "task": task,
+        "doc_id": int(s["doc_id"]),
+        "prompt_hash": s.get("prompt_hash"),
+        "target": str(s.get("target")),
+        "response": json.dumps(s.get("filtered_resps"), default=str),
+        "metrics": list(metrics.items()),
+        "isolation": s.get("isolation"),
+        "subtask": leaf if leaf != task else None,
+    }
 
 
 def _run_suite(cr: CellRun, lm: Any, suite: SuiteConfig, path: str) -> dict:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from cluster.config.modelfit import recipe_for
 from cluster.quant import quality
 from cluster.quant.recipes import recipe_dict
 from cluster.run.env import CellRun
@@ -77,7 +78,7 @@ def run(cr: CellRun) -> CellResult:
 
     env, cell = cr.env, cr.cell
     q = cr.input_of("quantize")
-    recipe = env.catalog.formats[cell.format].recipe
+    recipe = recipe_for(env.catalog, cell.model, cell.format)
     cr.report("checking the checkpoint's config and loading it in vLLM")
     mismatches = config_mismatches(recipe, q["path"]) if recipe.algorithm != "none" else []
     probed = _probe(cr, q["eval_path"]) if env.sweep.quantize.health_probe else None
@@ -149,13 +150,14 @@ def row(
 ) -> dict[str, Any]:
     """The checkpoint's `quantized` row."""
     fmt = cr.env.catalog.formats[cr.cell.format]
+    recipe = recipe_for(cr.env.catalog, cr.cell.model, cr.cell.format)
     f = figures or {}
     return {
         **coords(cr),
         "label": fmt.label,
-        "algorithm": fmt.recipe.algorithm,
-        "scheme": fmt.recipe.scheme,
-        "recipe_yaml": yaml.safe_dump(recipe_dict(fmt.recipe), sort_keys=True),
+        "algorithm": recipe.algorithm,
+        "scheme": recipe.scheme,
+        "recipe_yaml": yaml.safe_dump(recipe_dict(recipe), sort_keys=True),
         "artifact_key": q.get("key") or "-",
         "path": q.get("path") or "-",
         "wall_s": q.get("wall_s"),

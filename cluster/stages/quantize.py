@@ -10,6 +10,7 @@ vLLM build lacks the scheme's kernel (`route: dequantized`), a dense copy is wri
 
 from __future__ import annotations
 
+from cluster.config.modelfit import recipe_for
 from cluster.run.env import CellRun
 from cluster.store.commit import CellResult, staging_dir
 
@@ -26,7 +27,7 @@ def run(cr: CellRun) -> CellResult:
     """Quantize (or pass the baseline through)."""
     env, cell = cr.env, cr.cell
     base = cr.input_of("prepare")
-    recipe = env.catalog.formats[cell.format].recipe
+    recipe = recipe_for(env.catalog, cell.model, cell.format)
     if recipe.algorithm == "none":
         out = {
             "path": base["path"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cluster.eval.scoring import docs_from_rows, recovery_pct, suite_score
+from cluster.eval.scoring import docs_from_rows, groups_from_rows, recovery_pct, suite_score
 from cluster.run.env import CellRun
 from cluster.stages.common import coords
 from cluster.store.commit import CellResult
@@ -44,8 +44,9 @@ def run(cr: CellRun) -> CellResult:
     score = suite_score(suite, {r["task"]: r["value"] for r in scores})
     base = suite_score(suite, {r["task"]: r["value"] for r in base_scores})
     docs, base_docs = docs_from_rows(samples, suite), docs_from_rows(base_samples, suite)
-    lo, hi = bootstrap_recovery(docs, base_docs, suite, seed=env.sweep.seed)
-    to_wrong, to_right = flips(docs, base_docs, suite)
+    groups = groups_from_rows(samples + base_samples, suite)  # an lm-eval group's subtasks
+    lo, hi = bootstrap_recovery(docs, base_docs, suite, seed=env.sweep.seed, groups=groups)
+    to_wrong, to_right = flips(docs, base_docs, suite, groups)
     row = {
         **_base(cr, scores),
         "score": score,

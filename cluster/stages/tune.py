@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.config.modelfit import recipe_for
 from cluster.config.schema import RecipeConfig, SuiteConfig, TuneStage
-from cluster.eval.scoring import Docs, docs_of, docs_score, recovery_pct
+from cluster.eval.docsets import evaluate_docs, first_docs, groups_of_sizes
+from cluster.eval.scoring import Docs, docs_score, recovery_pct
 from cluster.plan.keys import content_key
 from cluster.run.env import CellRun, RunEnv
 from cluster.stages.common import coords
@@ -43,7 +45,7 @@ class TrialSetup:
     suite: SuiteConfig
     include_path: str | None
     budgets: tuple[int | None, ...]
-    sizes: dict[str, int]
+    sizes: dict[str, dict[str, int]]  # suite task -> leaf task (a group's subtasks) -> documents
     baseline: Docs
     artifact_root: str
     route: str
@@ -58,11 +60,6 @@ def apply_params(recipe: RecipeConfig, params: dict[str, Any]) -> RecipeConfig:
     for key, value in params.items():
         OmegaConf.update(cfg, key, value, merge=False)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-
-
-def first_docs(sizes: dict[str, int], start: int, stop: int | None) -> dict[str, list[int]]:
-    """Document indices [start, stop) of every task, clipped to its size."""
-    return {t: list(range(min(start, n), n if stop is None else min(stop, n))) for t, n in sizes.items()}
 
 
 def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
@@ -85,22 +82,6 @@ def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
     return VLLM(pretrained=path, **kwargs)
 
 
-def evaluate_docs(
-    env: RunEnv, lm, suite: SuiteConfig, include: str | None, picks: dict[str, list[int]] | None
-) -> Docs:
-    """Per-document values on the chosen documents (None: all of every task)."""
-    from cluster.eval.harness import evaluate_suite
-
-    ev = env.sweep.eval
-    tasks = [(t.name, t.num_fewshot) for t in suite.tasks if picks is None or picks[t.name]]
-    if not tasks:
-        return {t.name: {} for t in suite.tasks}
-    out = evaluate_suite(
-        lm, tasks, include, None, ev.apply_chat_template, ev.fewshot_as_multiturn, ev.seed, samples=picks
-    )
-    return docs_of(out, suite)
-
-
 def measure(
     env: RunEnv, path: str, suite: SuiteConfig, include: str | None, budget: int | None, tp: int, pp: int = 1
 ) -> Docs:
@@ -109,7 +90,9 @@ def measure(
 
     lm = open_lm(env, path, tp, pp)
     sizes = task_sizes([t.name for t in suite.tasks], include)
-    return evaluate_docs(env, lm, suite, include, first_docs(sizes, 0, budget))
+    return evaluate_docs(
+        env.sweep.eval, lm, suite, include, first_docs(sizes, 0, budget), groups_of_sizes(sizes)
+    )
 
 
 def trial_checkpoint(setup: TrialSetup, recipe: RecipeConfig) -> tuple[str, dict[str, Any]]:
@@ -152,13 +135,17 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     lm = open_lm(setup.env, path, setup.tp)
     loaded = time.perf_counter()
     suite = setup.suite
-    docs: Docs = {t.name: {} for t in suite.tasks}
+    groups = groups_of_sizes(setup.sizes)
+    docs: Docs = {leaf: {} for leaves in groups.values() for leaf in leaves}
     previous = 0
     for rung, budget in enumerate(setup.budgets, start=1):
         picks = first_docs(setup.sizes, previous, budget)
-        for task, values in evaluate_docs(setup.env, lm, suite, setup.include_path, picks).items():
-            docs[task].update(values)
-        score, base_score = docs_score(suite, docs), docs_score(suite, setup.baseline, only=docs)
+        for leaf, values in evaluate_docs(
+            setup.env.sweep.eval, lm, suite, setup.include_path, picks, groups
+        ).items():
+            docs.setdefault(leaf, {}).update(values)
+        score = docs_score(suite, docs, groups=groups)
+        base_score = docs_score(suite, setup.baseline, only=docs, groups=groups)
         tune.report(
             {
                 "rung": rung,
@@ -379,7 +366,7 @@ def _setup(cr: CellRun, path: Path) -> TrialSetup:
         cell.format,
         prepared["path"],
         prepared.get("instruct_source"),
-        env.catalog.formats[cell.format].recipe,
+        recipe_for(env.catalog, cell.model, cell.format),
         suite,
         include,
         steps,
@@ -443,7 +430,12 @@ def _validate(cr: CellRun, setup: TrialSetup, recipe: RecipeConfig) -> dict[str,
         [(best_path, suite, include, t.limit), (cr.input_of("quantize")["path"], suite, include, t.limit)],
         baseline=False,
     )
-    recovery = recovery_pct(docs_score(suite, best_docs), docs_score(suite, base_docs))
+    from cluster.eval.harness import task_sizes
+
+    groups = groups_of_sizes(task_sizes([x.name for x in suite.tasks], include))
+    recovery = recovery_pct(
+        docs_score(suite, best_docs, groups=groups), docs_score(suite, base_docs, groups=groups)
+    )
     return {"validation_suite": suite.name, "validation_recovery_pct": recovery}
 
 

@@ -108,6 +108,7 @@ EVAL_SAMPLES = _schema(
     pa.field("response", pa.string()),
     pa.field("metrics", pa.map_(pa.string(), _F64), nullable=False),
     pa.field("isolation", pa.string()),  # HumanEval: how the sandbox isolated the code (else null)
+    pa.field("subtask", pa.string()),  # an lm-eval group's subtask the document belongs to (else null)
     extra_keys=("suite",),
 )
 

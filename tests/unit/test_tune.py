@@ -7,8 +7,9 @@ import math
 import pytest
 
 from cluster.config.schema import SuiteConfig, TaskSpec, TuneStage
+from cluster.eval.docsets import first_docs
 from cluster.eval.scoring import docs_from_rows, docs_of, docs_score
-from cluster.stages.tune import apply_params, budgets, first_docs
+from cluster.stages.tune import apply_params, budgets
 
 pytestmark = pytest.mark.unit
 SUITE = SuiteConfig(
@@ -40,7 +41,7 @@ def test_docs_score_is_the_suite_mean_of_task_means_on_the_chosen_documents():
 
 
 def test_rungs_add_only_new_documents_clipped_to_each_task():
-    sizes = {"mc": 40, "gen": 100}
+    sizes = {"mc": {"mc": 40}, "gen": {"gen": 100}}
     assert first_docs(sizes, 0, 25) == {"mc": list(range(25)), "gen": list(range(25))}
     assert first_docs(sizes, 25, 50) == {"mc": list(range(25, 40)), "gen": list(range(25, 50))}
     assert first_docs(sizes, 50, 100) == {"mc": [], "gen": list(range(50, 100))}
