@@ -395,8 +395,13 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
         raise ConfigError(
             f"{source}: tune.rungs must be strictly increasing positive sample counts, got {t.rungs}"
         )
-    if t.scheduler == "asha" and len(t.rungs) < 2:
-        raise ConfigError(f"{source}: tune.scheduler 'asha' needs at least two tune.rungs")
+    choice(t.proxy, ("none", "kl"), source, "tune.proxy")
+    if t.proxy == "kl" and not sweep.quantize.quality.enabled:
+        raise ConfigError(f"{source}: tune.proxy 'kl' needs quantize.quality.enabled (the gate measures it)")
+    if t.scheduler == "asha" and max(len(t.rungs), 1) + (t.proxy == "kl") < 2:
+        raise ConfigError(
+            f"{source}: tune.scheduler 'asha' needs at least two rungs (tune.rungs, tune.proxy)"
+        )
     _bound(source, "tune.reduction_factor", t.reduction_factor, 2)
     _bound(source, "tune.num_samples", t.num_samples, 1)
     _bound(source, "tune.max_concurrent", t.max_concurrent, 1)

@@ -261,6 +261,9 @@ class TuneStage:
     # Growing eval-sample budgets (docs per task); a trial reports recovery at each, ASHA's rungs.
     # Empty: one report on `limit` docs (None = all).
     rungs: list[int] = field(default_factory=list)
+    # kl: ASHA's first rung is the quality gate's KL vs the baseline, measured right after quantizing,
+    # so a trial it stops never starts an engine (cluster/stages/tuneproxy.py); none: benchmark rungs only
+    proxy: str = "none"
     reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
     num_samples: int = 1  # trials (grid: repeats of the grid)
     max_concurrent: int = 1

@@ -225,11 +225,31 @@ def cost_table(rows: list[dict], labels: dict[str, str]) -> Table:
     return t
 
 
+def quality_table(rows: list[dict]) -> Table:
+    """Each checkpoint's health verdict and quality-gate figures vs the baseline."""
+    t = Table(title="Checkpoints: health and the quality gate (vs the baseline, held-out text)")
+    for col in ("model", "format", "health", "KL nats/token", "top-1 agree", "ppl ratio", "tokens"):
+        t.add_column(col)
+    for r in sorted(rows, key=lambda r: (r["model"], r["format"])):
+        top1 = r.get("quality_top1")
+        t.add_row(
+            r["model"],
+            r["format"],
+            r["health"],
+            _num(r.get("quality_kl"), "{:.4g}"),
+            "-" if top1 is None else f"{100 * top1:.1f}%",
+            _num(r.get("quality_ppl_ratio"), "{:.3f}"),
+            str(r.get("quality_tokens") or "-"),
+        )
+    return t
+
+
 def print_report(console: Console, root: Path | str, sweep: str) -> None:
     """Print every table the sweep has committed rows for (read from the datasets under root)."""
     from cluster.store.datasets import rows
 
     tables = (
+        ("quantized", quality_table),
         ("recovery", recovery_table),
         ("similarity", similarity_table),
         ("perf", perf_table),
@@ -239,3 +259,12 @@ def print_report(console: Console, root: Path | str, sweep: str) -> None:
         data = rows(root, name, sweep=sweep)
         if data:
             console.print(make(data))
+    from cluster.report.proxies import correlation_rows, correlation_table
+
+    found = correlation_rows(
+        rows(root, "trials", sweep=sweep),
+        rows(root, "proxies", sweep=sweep),
+        rows(root, "recovery", sweep=sweep),
+    )
+    if found:
+        console.print(correlation_table(found))

@@ -29,6 +29,7 @@ from cluster.eval.scoring import Docs, docs_score, recovery_pct
 from cluster.plan.keys import content_key
 from cluster.run.env import CellRun, RunEnv
 from cluster.stages.common import coords
+from cluster.stages.tuneproxy import proxy_report, proxy_row_of, trial_proxy
 from cluster.store.commit import CellResult
 
 
@@ -50,6 +51,7 @@ class TrialSetup:
     artifact_root: str
     route: str
     tp: int
+    prepared: dict[str, Any]  # the prepare stage's outputs (the quality gate's baseline)
 
 
 def apply_params(recipe: RecipeConfig, params: dict[str, Any]) -> RecipeConfig:
@@ -132,13 +134,18 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
     start = time.perf_counter()
     path, meta = trial_checkpoint(setup, apply_params(setup.recipe, config))
     quantized = time.perf_counter()
+    proxy = trial_proxy(setup, meta["key"])
+    first = 1
+    if setup.env.sweep.tune.proxy == "kl":  # the first rung: no engine for a trial stopped here
+        tune.report(proxy_report(proxy, meta, time.perf_counter() - start))
+        first = 2
     lm = open_lm(setup.env, path, setup.tp)
     loaded = time.perf_counter()
     suite = setup.suite
     groups = groups_of_sizes(setup.sizes)
     docs: Docs = {leaf: {} for leaves in groups.values() for leaf in leaves}
     previous = 0
-    for rung, budget in enumerate(setup.budgets, start=1):
+    for rung, budget in enumerate(setup.budgets, start=first):
         picks = first_docs(setup.sizes, previous, budget)
         for leaf, values in evaluate_docs(
             setup.env.sweep.eval, lm, suite, setup.include_path, picks, groups
@@ -159,6 +166,7 @@ def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
                 "quantize_s": quantized - start,
                 "engine_start_s": loaded - quantized,
                 "eval_s": time.perf_counter() - loaded,
+                "proxy": proxy,
             }
         )
         previous = budget or 0
@@ -185,9 +193,8 @@ def _scheduler(t: TuneStage):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(
-        time_attr="rung", max_t=len(t.rungs), grace_period=1, reduction_factor=t.reduction_factor
-    )
+    rungs = len(budgets(t)) + (1 if t.proxy == "kl" else 0)
+    return ASHAScheduler(time_attr="rung", max_t=rungs, grace_period=1, reduction_factor=t.reduction_factor)
 
 
 def budgets(t: TuneStage) -> tuple[int | None, ...]:
@@ -375,6 +382,7 @@ def _setup(cr: CellRun, path: Path) -> TrialSetup:
         str(path / "artifacts"),
         cell.route,
         _tp(env, cell)[0],
+        prepared,
     )
 
 
@@ -395,6 +403,7 @@ def run(cr: CellRun) -> CellResult:
     full = sum(len(v) for v in setup.baseline.values())
     results = [grid[i] for i in range(len(grid))]
     rows = [_trial_row(cr, r, full) for r in results]
+    proxies = [proxy_row_of(cr, r) for r in results]
     done = [i for i, row in enumerate(rows) if row["status"] == "ok" and row["budget"] == full]
     files: dict[str, Any] = {}
     note = "no trial reached the full budget; no recipe exported"
@@ -413,7 +422,8 @@ def run(cr: CellRun) -> CellResult:
             }
     if resumed:
         note = f"resumed the interrupted search (finished trials kept); {note}"
-    return CellResult(rows={"trials": rows}, files=files, context=cr.context(1), note=note)
+    out = {"trials": rows, "proxies": [p for p in proxies if p]}
+    return CellResult(rows=out, files=files, context=cr.context(1), note=note)
 
 
 def _validate(cr: CellRun, setup: TrialSetup, recipe: RecipeConfig) -> dict[str, Any]:
@@ -444,7 +454,10 @@ def _trial_row(cr: CellRun, r: Any, full_budget: int) -> dict:
     met = r.metrics or {}
     history = r.metrics_dataframe
     rungs = [] if history is None or "recovery" not in history else [float(x) for x in history["recovery"]]
+    if t.proxy == "kl":
+        rungs = rungs[1:]  # the proxy rung's figure is a rank score, not a recovery
     budget = met.get("budget")
+    proxy = met.get("proxy") or {}
     return {
         **coords(cr),
         "trial_id": str(met.get("trial_id", Path(r.path).name)),
@@ -454,7 +467,7 @@ def _trial_row(cr: CellRun, r: Any, full_budget: int) -> dict:
         "scheduler": t.scheduler,
         "score": met.get("score"),
         "baseline_score": met.get("baseline_score"),
-        "recovery_pct": met.get("recovery"),
+        "recovery_pct": met.get("recovery") if budget else None,
         "rung_recovery_pct": [x for x in rungs if not math.isnan(x)],
         "budget": budget,
         "stopped_early": r.error is None and budget is not None and budget < full_budget,
@@ -465,6 +478,9 @@ def _trial_row(cr: CellRun, r: Any, full_budget: int) -> dict:
         "is_best": False,
         "validation_suite": None,
         "validation_recovery_pct": None,
+        "proxy_kl": proxy.get("kl_mean"),
+        "proxy_top1": proxy.get("top1_agreement"),
+        "proxy_ppl_ratio": proxy.get("ppl_ratio"),
     }
 
 

@@ -206,6 +206,9 @@ TRIALS = _schema(
     pa.field("is_best", pa.bool_(), nullable=False),
     pa.field("validation_suite", pa.string()),
     pa.field("validation_recovery_pct", _F64),
+    pa.field("proxy_kl", _F64),  # the trial checkpoint's quality-gate figures (cluster.stages.tuneproxy)
+    pa.field("proxy_top1", _F64),
+    pa.field("proxy_ppl_ratio", _F64),
 )
 
 GENERATIONS = _schema(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.config.schema import QualityGate
 from cluster.store.schemas import CATALOG
 from tests.helpers import host_profile
 
@@ -39,6 +40,16 @@ def test_every_format_is_quantized_checked_and_evaluated_on_this_host(smoke):
     out, _ = smoke
     q = {r["format"]: r for r in _rows(out, "quantized")}
     assert set(q) == FORMATS and all(r["health"] == "ok" for r in q.values()), q
+    # every checkpoint passes the quality gate, with its figures recorded; the baseline is the reference
+    limits = QualityGate().max_kl
+    assert q["bf16"]["quality_kl"] == 0 and q["bf16"]["quality_top1"] == 1
+    for f in FORMATS - {"bf16"}:
+        assert 0 < q[f]["quality_kl"] <= limits[f] and q[f]["quality_tokens"] == 3000, q[f]
+    # INT8 and FP8 stay closer to BF16 than INT4, and GPTQ closer than round-to-nearest
+    assert max(q["w8a8-fp"]["quality_kl"], q["w8a8-int"]["quality_kl"]) < q["w4a16-int"]["quality_kl"]
+    assert q["w4a16-int"]["quality_kl"] < q["w4a16-rtn"]["quality_kl"]
+    gate = {r["format"] for r in _rows(out, "proxies") if r["stage"] == "health"}
+    assert gate == FORMATS
     for f in FORMATS - {"bf16"}:
         assert "quantization_config" in json.loads((Path(q[f]["path"]) / "config.json").read_text())
     scores = _rows(out, "eval_scores")
@@ -100,9 +111,20 @@ def test_tuning_finds_distinct_recoveries_and_exports_a_recipe(smoke):
     trials = _rows(out, "trials")
     assert len(trials) == 3 and all(r["status"] == "ok" for r in trials)
     assert {dict(r["params"])["group_size"] for r in trials} == {"32", "64", "128"}
-    assert len({round(r["recovery_pct"], 2) for r in trials}) >= 2
+    # the proxy rung (KL vs BF16, measured before any engine starts) decides who is scored at all
+    assert all(r["proxy_kl"] is not None and r["proxy_kl"] > 0 for r in trials)
+    scored = [r for r in trials if r["budget"]]
+    stopped = [r for r in trials if not r["budget"]]
+    assert scored and all(r["recovery_pct"] is not None and r["rung_recovery_pct"] for r in scored)
+    assert all(r["stopped_early"] and r["recovery_pct"] is None for r in stopped)
+    best_kl = min(r["proxy_kl"] for r in trials)
+    assert any(r["proxy_kl"] == best_kl for r in scored)  # the best-ranked recipe is never cut
+    assert all(r["proxy_kl"] > best_kl for r in stopped)
     assert sum(r["is_best"] for r in trials) == 1
+    assert [r for r in trials if r["is_best"]][0]["recovery_pct"] == max(r["recovery_pct"] for r in scored)
     assert list((out / "tune").glob("*/best_recipe.yaml"))
+    proxies = _rows(out, "proxies")
+    assert {r["trial_id"] for r in proxies if r["stage"] == "tune"} == {r["trial_id"] for r in trials}
 
 
 def test_every_row_records_its_cell_dtype_and_threads(smoke):
@@ -129,6 +151,7 @@ def test_similarity_of_each_format_to_bf16(smoke):
 def test_tables_and_progress_lines_are_in_a_non_terminal_log(smoke):
     _, stdout = smoke
     assert "Accuracy recovery" in stdout and "Serving performance" in stdout and "Tuning trials" in stdout
+    assert "quality gate" in stdout and "Proxies vs recovery" in stdout
     assert "start evaluate organism w4a16-rtn tiny" in stdout
     assert "done, 0 failed" in stdout and "elapsed" in stdout
     assert "prepare organism: weights at" in stdout

@@ -106,3 +106,61 @@ def test_held_out_texts(tmp_path):
         quality.read_records(bad)
     with pytest.raises(ConfigError, match="is not a file"):
         quality.read_records(tmp_path / "missing.txt")
+
+
+def test_spearman_and_the_correlation_rows():
+    from cluster.report.proxies import correlation_rows, spearman
+
+    rho, lo, hi = spearman([1, 2, 3, 4, 5, 6], [10, 9, 8, 7, 6, 5])
+    assert rho == pytest.approx(-1) and lo == pytest.approx(-1) and hi == pytest.approx(-1)
+    rho, lo, hi = spearman([1, 2, 3, 4, 5, 6, 7, 8], [1, 3, 2, 5, 4, 7, 6, 8])
+    assert 0.8 < rho < 1 and lo <= rho <= hi
+    assert all(math.isnan(x) for x in spearman([1, 2], [2, 1]))
+    trials = [
+        {
+            "status": "ok",
+            "stopped_early": False,
+            "proxy_kl": k,
+            "proxy_top1": 1 - k,
+            "proxy_ppl_ratio": 1 + k,
+            "recovery_pct": 100 - 10 * k,
+        }
+        for k in (0.1, 0.3, 0.2, 0.5)
+    ] + [
+        {
+            "status": "ok",
+            "stopped_early": True,
+            "proxy_kl": 9.0,
+            "proxy_top1": 0.0,
+            "proxy_ppl_ratio": 5.0,
+            "recovery_pct": None,
+        }
+    ]
+    proxies = [
+        {
+            "stage": "health",
+            "model": "m",
+            "format": f,
+            "kl_mean": k,
+            "top1_agreement": 1 - k,
+            "ppl_ratio": 1 + k,
+        }
+        for f, k in (("a", 0.1), ("b", 0.4), ("c", 0.2), ("base", 0.0))
+    ]
+    recovery = [
+        {
+            "model": "m",
+            "format": f,
+            "suite": "s",
+            "baseline_format": "base",
+            "status": "measured",
+            "recovery_pct": r,
+        }
+        for f, r in (("a", 99.0), ("b", 90.0), ("c", 97.0), ("base", 100.0))
+    ]
+    rows = {(r["scope"], r["proxy"]): r for r in correlation_rows(trials, proxies, recovery)}
+    assert rows[("tuning trials", "KL vs baseline")]["n"] == 4  # the stopped trial has no recovery
+    assert rows[("tuning trials", "KL vs baseline")]["rho"] == pytest.approx(-1)
+    assert rows[("tuning trials", "top-1 agreement")]["rho"] == pytest.approx(1)
+    ck = rows[("checkpoints on s", "KL vs baseline")]
+    assert ck["n"] == 3 and ck["rho"] == pytest.approx(-1) and ck["expected"] == "-"
