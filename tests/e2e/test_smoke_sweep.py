@@ -106,7 +106,7 @@ def test_perf_measured_where_possible_and_every_other_cell_says_why(smoke):
     assert ok and all(r["output_tokens"] == 32 and r["prompt_tokens"] == 64 for r in ok)
 
 
-def test_tuning_finds_distinct_recoveries_and_exports_a_recipe(smoke):
+def test_tuning_proxy_rung_stops_poorly_ranked_recipes_and_exports_a_recipe(smoke):
     out, _ = smoke
     trials = _rows(out, "trials")
     assert len(trials) == 3 and all(r["status"] == "ok" for r in trials)
