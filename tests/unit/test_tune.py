@@ -89,3 +89,46 @@ def test_a_search_killed_before_its_first_experiment_state_is_not_restored(tmp_p
     assert not restorable(tmp_path)
     (tmp_path / "experiment_state-2026-12-01_14-10-30.json").write_text("{}")
     assert restorable(tmp_path)
+
+
+def test_the_proxy_rung_adds_a_rung_and_a_stopped_trial_has_no_recovery():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from cluster.stages.tune import _scheduler, _trial_row
+    from cluster.stages.tuneproxy import proxy_report, proxy_score
+
+    assert proxy_score({"kl_mean": 0.0}) == 100.0 and proxy_score({"kl_mean": 1.0}) == pytest.approx(
+        36.79, 0.01
+    )
+    assert proxy_score({"kl_mean": float("inf")}) == 0.0
+    t = TuneStage(scheduler="asha", proxy="kl", limit=100)
+    assert _scheduler(t)._max_t == 2  # the proxy rung, then the full budget
+    assert _scheduler(TuneStage(scheduler="asha", rungs=[10, 100]))._max_t == 2
+    figs = {"kl_mean": 0.5, "top1_agreement": 0.9, "ppl_ratio": 1.1}
+    report = proxy_report(figs, {"key": "k", "rtn_fallback_modules": []}, 3.0)
+    assert report["rung"] == 1 and report["budget"] == 0 and report["recovery"] == proxy_score(figs)
+    cell = SimpleNamespace(model="m", format="w4a16-int")
+    env = SimpleNamespace(sweep=SimpleNamespace(name="s", tune=t))
+    cr = SimpleNamespace(env=env, cell=cell)
+    stopped = SimpleNamespace(
+        metrics={**report, "trial_id": "t1"},
+        metrics_dataframe=pd.DataFrame([report]),
+        error=None,
+        config={},
+        path="/x/t1",
+    )
+    row = _trial_row(cr, stopped, 200)
+    assert row["recovery_pct"] is None and row["budget"] == 0 and row["stopped_early"]
+    assert row["rung_recovery_pct"] == [] and row["proxy_kl"] == 0.5 and row["proxy_top1"] == 0.9
+    full = {**report, "rung": 2, "budget": 200, "recovery": 97.5, "score": 0.9, "baseline_score": 0.92}
+    done = SimpleNamespace(
+        metrics={**full, "trial_id": "t2"},
+        metrics_dataframe=pd.DataFrame([report, full]),
+        error=None,
+        config={},
+        path="/x/t2",
+    )
+    row = _trial_row(cr, done, 200)
+    assert row["recovery_pct"] == 97.5 and row["rung_recovery_pct"] == [97.5] and not row["stopped_early"]
