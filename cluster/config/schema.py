@@ -81,6 +81,9 @@ class ModelConfig:
     hub_id: str | None = None
     path: str | None = None  # a local checkpoint directory (wins over hub_id)
     builder: str | None = None  # built by quantsweep itself (tiny-llama, organism)
+    # a GGUF file, `pkg:<package>/<file>` (inside an installed package) or a path: converted once
+    # into a verified bf16 checkpoint (cluster/models/gguf.py)
+    gguf: str | None = None
     builder_args: dict[str, Any] = field(default_factory=dict)  # builder spec fields, e.g. mc_docs
     params_b: float = MISSING  # parameters, billions
     max_model_len: int = 4096
