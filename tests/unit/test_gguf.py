@@ -1,8 +1,8 @@
-"""The GGUF conversion's verifier refuses a broken checkpoint: corrupted tokenizer, garbage weights.
+"""GGUF conversion: a real GGUF file converts and is verified; broken conversions are refused.
 
-The reference is a micro Llama (the tiny model's builder at a smaller size; what transformers would
-read from a GGUF file); the "converted" checkpoint is a copy of it, then the same copy broken in one
-place.
+A micro Llama (the tiny model's builder at a smaller size) is written as a GGUF file with the
+`gguf` package's writer, as llama.cpp's converter lays it out, and converted end to end. The
+verifier is also run on copies of the micro model broken in one place (tokenizer, weights).
 """
 
 from __future__ import annotations
@@ -30,6 +30,76 @@ def micro(tmp_path_factory) -> Path:
     tok = tinymodel._train_tokenizer(tinymodel.corpus(random.Random(0), 300), spec)
     tinymodel._build_model(spec, tok, out)
     return out
+
+
+def write_gguf(model_dir: Path, out: Path, space_prefix: bool = False) -> Path:
+    """Write a Llama checkpoint with a byte-level BPE tokenizer as an F32 GGUF file."""
+    import gguf as gg
+    import numpy as np
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    c, tok = AutoConfig.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    spec = json.loads((model_dir / "tokenizer.json").read_text())
+    special = {a["content"]: a["id"] for a in spec["added_tokens"]}
+    ids = {**spec["model"]["vocab"], **special}
+    tokens = sorted(ids, key=ids.__getitem__)
+    w = gg.GGUFWriter(str(out), "llama")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_vocab_size(c.vocab_size)  # the embedding rows; the tokenizer may have fewer tokens
+    w.add_tokenizer_model("gpt2")
+    w.add_add_space_prefix(space_prefix)  # True is wrong for byte-level BPE: decoding drops a space
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in special else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]])
+    w.add_bos_token_id(tok.bos_token_id)
+    w.add_eos_token_id(tok.eos_token_id)
+    w.add_chat_template(tok.chat_template)
+    names = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"}
+    names |= {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    names |= {f"{k}_proj": f"attn_{v}" for k, v in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))}
+    names |= {f"{k}_proj": f"ffn_{k}" for k in ("gate", "up", "down")}
+    heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}
+    for key, value in load_file(model_dir / "model.safetensors").items():
+        parts = key.removesuffix(".weight").split(".")
+        x = value.float().numpy()
+        if parts[-1] in heads:  # llama.cpp stores q and k with rotary halves interleaved
+            n = heads[parts[-1]]
+            x = x.reshape(n, 2, x.shape[0] // n // 2, -1).swapaxes(1, 2).reshape(x.shape)
+        block = f"blk.{parts[2]}." if "layers" in parts else ""
+        w.add_tensor(f"{block}{names[parts[-1]]}.weight", np.ascontiguousarray(x))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def test_a_gguf_file_is_converted_once_and_verified(micro, tmp_path):
+    path = write_gguf(micro, tmp_path / "micro.gguf")
+    model_dir = gguf.convert(str(path), tmp_path / "cache", log=lambda _: None)
+    report = json.loads((model_dir.parent / "verification.json").read_text())
+    assert report["ratio"] == pytest.approx(1.0, abs=0.01) and report["answer"]
+    assert (
+        report["sha256"] == gguf.file_hash(path) and model_dir.parent.name == f"gguf-{report['sha256'][:16]}"
+    )
+    done = (model_dir.parent / "DONE").stat().st_mtime_ns
+    assert gguf.convert(str(path), tmp_path / "cache") == model_dir  # cached: not converted again
+    assert (model_dir.parent / "DONE").stat().st_mtime_ns == done
+
+
+def test_a_conversion_with_a_lossy_tokenizer_is_refused_and_not_cached(micro, tmp_path):
+    path = write_gguf(micro, tmp_path / "micro.gguf", space_prefix=True)
+    with pytest.raises(StageError, match="tokenizer does not decode '  Leading spaces"):
+        gguf.convert(str(path), tmp_path / "cache", log=lambda _: None)
+    assert not list((tmp_path / "cache").glob("gguf-*"))
 
 
 @pytest.fixture(scope="module")
