@@ -69,6 +69,12 @@ def resolve(spec: str) -> Path:
     return path
 
 
+def file_stamp(spec: str) -> dict[str, int]:
+    """The file's size and mtime: cheap enough for plan-time keys (the cache itself uses the hash)."""
+    st = resolve(spec).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def file_hash(path: Path) -> str:
     """sha256 of the file: the converted checkpoint's cache key."""
     h = hashlib.sha256()

@@ -222,7 +222,12 @@ class _Planner:
         model = self.catalog.models[m]
         override = self.sweep.model_paths.get(m)
         spec = {k: v for k, v in asdict(model).items() if k != "license"}  # metadata: not in the weights' key
-        key = content_key("prepare", spec, override, versions(("transformers",)))
+        parts: tuple[object, ...] = ("prepare", spec, override, versions(("transformers",)))
+        if model.gguf and not override:  # a reinstalled or replaced file must be prepared anew
+            from cluster.models.gguf import file_stamp
+
+            parts += (file_stamp(model.gguf),)
+        key = content_key(*parts)
         self.add(Cell("prepare", m, key=key, resources=Resources(cpus=1)))
 
     def quantize(self, m: str, f: str) -> None:

@@ -156,6 +156,9 @@ def test_resolve_finds_files_in_packages_and_paths(tmp_path):
     with pytest.raises(ConfigError, match="is not a .gguf file"):
         gguf.resolve("pkg:cluster/missing.gguf")
     assert gguf.file_hash(f) == gguf.file_hash(f) != gguf.file_hash(Path(__file__))
+    stamp = gguf.file_stamp(str(f))
+    f.write_bytes(b"GGUF, replaced")
+    assert gguf.file_stamp(str(f)) != stamp  # the prepare cell's key changes with the file
 
 
 def test_a_sweep_on_the_packaged_gguf_model_loads(tmp_path):
