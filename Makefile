@@ -15,7 +15,7 @@ GUIDELLM    ?= guidellm==0.8.1
 
 .PHONY: demo test test-fast lint lock lock-gpu bench tools browser clean
 
-$(STAMP): $(LOCK) requirements/overrides.txt requirements/excludes.txt pyproject.toml
+$(STAMP): $(LOCK) requirements/overrides.txt requirements/excludes.txt requirements/excludes-data.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
 	$(BIN)/uv pip sync $(UV_FLAGS) $(LOCK)
@@ -40,13 +40,15 @@ lint: $(STAMP)
 lock:
 	$(BIN)/uv pip compile requirements/cpu.in --python-version 3.11 \
 	  --overrides requirements/overrides.txt --excludes requirements/excludes.txt \
+	  --excludes requirements/excludes-data.txt \
 	  -f $(TORCH_LINKS) --index-strategy unsafe-best-match -o $(LOCK)
 
 # The GPU image's lock (k8s/Dockerfile installs it with --require-hashes). Resolved for Linux x86_64 from
 # PyPI alone: the find-links dir holds torch 2.13.0+cpu, which `torch==2.13.0` would also match.
 lock-gpu:
 	$(BIN)/uv pip compile requirements/gpu.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	  --overrides requirements/overrides.txt --generate-hashes -o requirements/gpu.lock
+	  --overrides requirements/overrides.txt \
+	  --excludes requirements/excludes-data.txt --generate-hashes -o requirements/gpu.lock
 
 bench: $(STAMP)
 	$(BIN)/python bench/plan_latency.py

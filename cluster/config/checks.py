@@ -150,8 +150,10 @@ def check_model(model: C.ModelConfig, source: str, catalog: Catalog) -> None:
     """A model needs a source of weights, and its GPU table may only name known formats."""
     if model.builder is not None:
         choice(model.builder, C.BUILDERS, source, "builder")
-    if not (model.hub_id or model.path or model.builder):
-        raise ConfigError(f"{source}: a model needs one of hub_id, path or builder")
+    if not (model.hub_id or model.path or model.builder or model.gguf):
+        raise ConfigError(f"{source}: a model needs one of hub_id, path, builder or gguf")
+    if model.gguf and (model.path or model.builder):
+        raise ConfigError(f"{source}: model '{model.name}' names gguf and path/builder; keep one")
     _bound(source, "params_b", model.params_b, 0, open_low=True)
     _bound(source, "max_model_len", model.max_model_len, 1)
     _known(sorted(model.gpus), catalog.formats, source, "gpus")
@@ -208,6 +210,10 @@ def _check_sweep_model(sweep: C.SweepConfig, model: C.ModelConfig, source: str) 
             raise ConfigError(
                 f"model '{model.name}': path '{model.path}' is not a model directory (no config.json)"
             )
+    if model.gguf and model.name not in sweep.model_paths:
+        from cluster.models.gguf import resolve
+
+        resolve(model.gguf)
     if model.instruct_dataset and not model.builder:
         check_calibration_file(model.instruct_dataset, f"{source}: model '{model.name}': instruct_dataset")
 

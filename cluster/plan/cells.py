@@ -226,7 +226,12 @@ class _Planner:
         spec = {
             k: v for k, v in asdict(model).items() if k not in ("license", "group_size", "recipe_overrides")
         }
-        key = content_key("prepare", spec, override, versions(("transformers",)))
+        parts: tuple[object, ...] = ("prepare", spec, override, versions(("transformers",)))
+        if model.gguf and not override:  # a reinstalled or replaced file must be prepared anew
+            from cluster.models.gguf import file_stamp
+
+            parts += (file_stamp(model.gguf),)
+        key = content_key(*parts)
         self.add(Cell("prepare", m, key=key, resources=Resources(cpus=1)))
 
     def quantize(self, m: str, f: str) -> None:

@@ -70,7 +70,7 @@ class CostModel:
 
     def prepare(self, cell: Cell) -> float:
         model = self.catalog.models[cell.model]
-        local = model.builder or model.path or cell.model in self.sweep.model_paths
+        local = model.builder or model.path or model.gguf or cell.model in self.sweep.model_paths
         return self.cost.cpu_cell_s + (0.0 if local else model.params_b * 2 / self.cost.download_gbps)
 
     def quantize(self, cell: Cell) -> float:

@@ -23,7 +23,12 @@ BACKEND = "vllm"  # lm-eval's vLLM backend on engine hosts; the same for a forma
 
 
 def include_path(suite: SuiteConfig, prepared: dict[str, Any]) -> str | None:
-    """Where lm-eval finds the suite's tasks: the suite's own path, or the built model's tasks."""
+    """Where lm-eval finds the suite's tasks: the suite's own path, the offline tasks (written on
+    this node from the installed data packages), or the built model's tasks."""
+    if suite.include_path == "offline":
+        from cluster.eval.offline import task_dir
+
+        return str(task_dir())
     if suite.include_path != "builtin":
         return suite.include_path
     if not prepared.get("include_path"):

@@ -1,8 +1,9 @@
 """The prepare stage: turn a model entry into local weights every later cell can load.
 
 A model names a local checkpoint (`path`, or `model_paths.<name>` in the sweep), a hub id (clusters
-with hub access) or a builder (`tiny-llama`, `organism`: built here, deterministically, once per
-spec into `<root>/cache`). The outputs name the weights, what makes them unique, the local lm-eval
+with hub access), a GGUF file (converted once per file hash into `<root>/cache` and verified, see
+`cluster.models.gguf`) or a builder (`tiny-llama`, `organism`: built here, deterministically, once
+per spec into `<root>/cache`). The outputs name the weights, what makes them unique, the local lm-eval
 tasks a built model brings, and its calibration text.
 """
 
@@ -29,6 +30,8 @@ def run(cr: CellRun) -> CellResult:
         }
     elif cfg.builder in ("tiny-llama", "organism"):
         out = _build(cr, Path(env.root) / "cache")
+    elif cfg.gguf:
+        out = _convert(cr, Path(env.root) / "cache")
     else:
         path = cfg.path or cfg.hub_id
         out = {
@@ -53,6 +56,19 @@ def _build(cr: CellRun, cache: Path) -> dict[str, str | None]:
         "identity": f"tiny:{assets.root.name}",
         "include_path": str(assets.tasks_dir),
         "instruct_source": str(assets.instruct_file),
+    }
+
+
+def _convert(cr: CellRun, cache: Path) -> dict[str, str | None]:
+    from cluster.models import gguf
+
+    cfg = cr.env.catalog.models[cr.cell.model]
+    model_dir = gguf.convert(cfg.gguf or "", cache, log=cr.report)
+    return {
+        "path": str(model_dir),
+        "identity": f"gguf:{model_dir.parent.name}",
+        "include_path": None,
+        "instruct_source": cfg.instruct_dataset,
     }
 
 
