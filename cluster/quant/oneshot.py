@@ -3,7 +3,9 @@
 The model is loaded in the host's compute dtype (float32 where bf16 has no hardware path) with the
 cell's torch threads; GPTQ layers that silently fell back to round-to-nearest (Hessian not
 invertible, llm-compressor issue 2952) are captured while the modifier finalizes (it clears its own
-list there) and returned, never hidden. Progress (layer k of n) goes to a callback.
+list there) and returned, never hidden. Progress (layer k of n) goes to a callback. SmoothQuant's
+layer pairs are traced from the loaded model (`cluster.quant.smoothmap`), saved beside the checkpoint
+and returned.
 """
 
 from __future__ import annotations
