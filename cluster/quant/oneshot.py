@@ -3,11 +3,14 @@
 The model is loaded in the host's compute dtype (float32 where bf16 has no hardware path) with the
 cell's torch threads; GPTQ layers that silently fell back to round-to-nearest (Hessian not
 invertible, llm-compressor issue 2952) are captured while the modifier finalizes (it clears its own
-list there) and returned, never hidden. Progress (layer k of n) goes to a callback.
+list there) and returned, never hidden. Progress (layer k of n) goes to a callback. SmoothQuant's
+layer pairs are traced from the loaded model (`cluster.quant.smoothmap`), saved beside the checkpoint
+and returned.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +21,7 @@ from typing import Any
 from cluster.config.schema import RecipeConfig
 from cluster.quant.recipes import build_modifiers, save_recipe
 
+SMOOTHQUANT_FILE = "quantsweep_smoothquant.json"
 DTYPES = {"bfloat16": "bfloat16", "float32": "float32", "float16": "float16"}
 
 
@@ -116,6 +120,18 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def smoothing_for(model: Any, recipe: RecipeConfig, out: Path) -> dict[str, Any] | None:
+    """SmoothQuant's traced mappings for `model` (None when the recipe does not smooth), saved in `out`."""
+    if recipe.algorithm in ("none", "rtn") or recipe.smoothquant_strength is None:
+        return None
+    from cluster.quant.smoothmap import smoothquant_mappings
+
+    smooth = smoothquant_mappings(model, recipe.ignore)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SMOOTHQUANT_FILE).write_text(json.dumps(smooth, indent=1))
+    return smooth
+
+
 def quantize_into(
     base_path: str,
     recipe: RecipeConfig,
@@ -133,7 +149,9 @@ def quantize_into(
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, DTYPES[dtype]))
     cal = recipe.calibration
-    kwargs: dict[str, Any] = {"recipe": build_modifiers(recipe), "max_seq_length": cal.max_seq_length}
+    smooth = smoothing_for(model, recipe, out)
+    modifiers = build_modifiers(recipe, smooth["mappings"] if smooth else None)
+    kwargs: dict[str, Any] = {"recipe": modifiers, "max_seq_length": cal.max_seq_length}
     if cal.source != "none":
         kwargs["dataset"] = calibration_dataset(recipe, tokenizer, instruct_source)
         kwargs["num_calibration_samples"] = cal.num_samples
@@ -148,4 +166,5 @@ def quantize_into(
         "peak_rss_mb": round(rss["peak_mb"], 1),
         "size_bytes": _dir_size(out),
         "rtn_fallback_modules": sorted(set(fallback)),
+        "smoothquant": smooth,
     }

@@ -61,8 +61,12 @@ def _weights_group(recipe: RecipeConfig) -> dict[str, Any]:
     }
 
 
-def build_modifiers(recipe: RecipeConfig) -> list[Any]:
-    """llmcompressor modifiers for a recipe (empty for the baseline)."""
+def build_modifiers(recipe: RecipeConfig, smooth_mappings: list[Any] | None = None) -> list[Any]:
+    """llmcompressor modifiers for a recipe (empty for the baseline).
+
+    `smooth_mappings` are SmoothQuant's [[balance layers], smooth layer] pairs, traced from the model
+    by `cluster.quant.smoothmap`; None leaves them to llmcompressor's name table.
+    """
     if recipe.algorithm == "none":
         return []
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
@@ -80,7 +84,9 @@ def build_modifiers(recipe: RecipeConfig) -> list[Any]:
     if recipe.smoothquant_strength is not None:
         from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 
-        modifiers.append(SmoothQuantModifier(smoothing_strength=recipe.smoothquant_strength))
+        modifiers.append(
+            SmoothQuantModifier(smoothing_strength=recipe.smoothquant_strength, mappings=smooth_mappings)
+        )
     modifiers.append(
         GPTQModifier(
             dampening_frac=recipe.dampening_frac,
