@@ -56,8 +56,8 @@ def trial_pairs(trials: list[dict]) -> dict[str, tuple[list[float], list[float]]
         for t in trials:
             x, y = t.get(f"proxy_{name}"), t.get("recovery_pct")
             if t.get("status") == "ok" and not t.get("stopped_early") and _finite(x, y):
-                xs.append(float(x))
-                ys.append(float(y))
+                xs.append(float(x or 0.0))  # finite: never None here
+                ys.append(float(y or 0.0))
         out[name] = (xs, ys)
     return out
 
