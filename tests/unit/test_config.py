@@ -99,7 +99,11 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
         (lambda d: d["tune"].update(space={"block_size": ["big"]}), "tune.space.block_size"),
         (lambda d: d["tune"].update(search="bayes"), "tune.search 'bayes' is not one of"),
         (lambda d: d["tune"].update(scheduler="hyperband"), "tune.scheduler 'hyperband' is not one of"),
-        (lambda d: d["tune"].update(scheduler="asha", limit=None), "'asha' needs at least two rungs"),
+        (
+            lambda d: d["tune"].update(scheduler="asha", limit=None, proxy="none"),
+            "'asha' needs at least two rungs",
+        ),
+        (lambda d: d["tune"].update(proxy="nope"), "tune.proxy"),
         (lambda d: d["tune"].update(rungs=[50, 25], limit=None), "strictly increasing"),
         (lambda d: d["tune"].update(rungs=[25, 50], limit=50), "set tune.rungs or tune.limit"),
         (lambda d: d["tune"].update(validation_suite="tiny"), "must differ from tune.suite"),
