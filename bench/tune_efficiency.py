@@ -1,15 +1,18 @@
-"""Benchmark: multi-fidelity search (ASHA over eval-sample rungs) vs the full grid, on the organism.
+"""Benchmark: proxy-first ASHA (and plain ASHA) vs the full grid, on the organism.
 
-Both searches cover the same W4A16 grid (sweeps/w4a16_recovery.yaml's knobs, cut to a grid that
-fits a CPU) on an organism built with larger task files (`builder_args`: 1,000 documents per task,
+All searches cover the same W4A16 grid (sweeps/w4a16_recovery.yaml's knobs, cut to 8 recipes that
+fit a CPU) on an organism built with larger task files (`builder_args`: 1,000 documents per task,
 so scoring a recipe costs more than making it, as with real suites), each in its own output
-directory so neither reuses the other's quantized artifacts:
+directory so none reuses another's quantized artifacts:
 - full grid: every trial scored on the full budget, one report;
-- ASHA: the same grid, trials report at growing document budgets and poor ones stop early.
-Compute time is the sum of the trials' own wall times (trials run one at a time here). Prints both,
-the best recoveries, whether ASHA's best full-budget trial came within 0.2 points of the grid's
-best, and the ratio grid / ASHA compute time.
-Usage: .venv/bin/python bench/tune_efficiency.py [--rungs 50,200,1000] [--docs 1000]
+- proxy-first ASHA (`tune.proxy: kl`): the first rung is the quality gate's KL vs the baseline,
+  measured right after quantizing; trials it stops never start an engine; then the document rungs;
+- plain ASHA (with --with-asha): document rungs only.
+Compute is the sum of the trials' own wall times (trials run one at a time here). Prints each
+search's compute, its best full-budget recovery and whether it came within 0.2 points of the grid's
+best, the compute ratio against the grid (goal for proxy-first: <= 30 %), and the rank correlation
+(Spearman's rho, bootstrap 95 % interval) of each proxy with full recovery over the grid's recipes.
+Usage: .venv/bin/python bench/tune_efficiency.py [--rungs 50,200,1000] [--docs 1000] [--with-asha]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+REDUCTION = 4  # ASHA keeps the best quarter at each rung
 SPACE = {
     "group_size": [32, 128],
     "observer": ["minmax", "mse"],
@@ -45,12 +49,19 @@ def _conf(root: Path, docs: int) -> Path:
     return conf
 
 
-def _sweep(root: Path, name: str, scheduler: str, rungs: list[int]) -> Path:
+def _sweep(root: Path, name: str, scheduler: str, rungs: list[int], proxy: str = "none") -> Path:
     data = yaml.safe_load((REPO / "sweeps" / "w4a16_recovery.yaml").read_text())
     data["name"] = name
     data["conf_dir"] = str(root / "conf")
     data["tune"].update(
-        search="grid", scheduler=scheduler, rungs=rungs, num_samples=1, space=SPACE, validation_suite=None
+        search="grid",
+        scheduler=scheduler,
+        rungs=rungs,
+        num_samples=1,
+        space=SPACE,
+        validation_suite=None,
+        proxy=proxy,
+        reduction_factor=REDUCTION,
     )
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -70,56 +81,87 @@ def _run(sweep: Path, out: Path, cache: Path) -> tuple[list[dict], float]:
     )
     if proc.returncode != 0:
         sys.exit(f"{sweep.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return _read(out), time.perf_counter() - start
+
+
+def _read(out: Path) -> list[dict]:
+    """A finished run's trial rows, each with where its time went."""
     rows = pq.read_table(out / "datasets" / "trials").to_pylist()
     for r in rows:  # where each trial's time went (the last report of its Ray Tune result log)
         [log] = out.glob(f"tune/*/trainable_{r['trial_id']}*/result.json")
         last = json.loads(log.read_text().splitlines()[-1])
-        r["split"] = (last["quantize_s"], last["engine_start_s"], last["eval_s"])
+        r["split"] = tuple(last.get(k) or 0.0 for k in ("quantize_s", "engine_start_s", "eval_s"))
     failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
     if failed:
-        sys.exit(f"{sweep.name}: trials {failed} failed; see {out / 'tune'}")
-    return rows, time.perf_counter() - start
+        sys.exit(f"trials {failed} failed; see {out / 'tune'}")
+    return rows
+
+
+def _compute(rows: list[dict]) -> float:
+    return sum(r["wall_s"] or 0.0 for r in rows)
+
+
+def _search_line(name: str, rows: list[dict], grid: list[dict], grid_best: float) -> None:
+    full = [r for r in rows if not r["stopped_early"]]
+    best = max(r["recovery_pct"] for r in full)
+    ratio = _compute(rows) / _compute(grid)
+    print(
+        f"{name}: compute {_compute(rows):.0f}s = {100 * ratio:.1f}% of the grid's; "
+        f"{len(rows) - len(full)} of {len(rows)} trials stopped early; best full-budget recovery "
+        f"{best:.2f}% ({'within' if best >= grid_best - 0.2 else 'NOT within'} 0.2 points of the grid's best)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rungs", default="50,200,1000", help="documents per task at each ASHA rung")
     parser.add_argument("--docs", type=int, default=1000, help="documents per organism task")
+    parser.add_argument("--with-asha", action="store_true", help="also run plain ASHA (no proxy rung)")
+    parser.add_argument(
+        "--reuse", help="an earlier run's directory: reuse its built organism and full-grid run"
+    )
     args = parser.parse_args()
     rungs = [int(x) for x in args.rungs.split(",")]
     root = Path(tempfile.mkdtemp(prefix="qs-tune-bench-"))
     _conf(root, args.docs)
     cache = root / "cache"
-    cache.mkdir()
-    grid, grid_wall = _run(_sweep(root, "bench_grid", "fifo", [rungs[-1]]), root / "grid", cache)
-    asha, asha_wall = _run(_sweep(root, "bench_asha", "asha", rungs), root / "asha", cache)
-
-    def compute(rows: list[dict]) -> float:
-        return sum(r["wall_s"] or 0.0 for r in rows)
+    if args.reuse:  # same organism, same grid: only the searches under test run again
+        cache.symlink_to(Path(args.reuse) / "cache")
+        grid = _read(Path(args.reuse) / "grid")
+    else:
+        cache.mkdir()
+        grid, _ = _run(_sweep(root, "bench_grid", "fifo", [rungs[-1]]), root / "grid", cache)
+    searches = {
+        "proxy-first ASHA": _run(_sweep(root, "bench_proxy", "asha", rungs, "kl"), root / "proxy", cache)[0]
+    }
+    if args.with_asha:
+        searches["plain ASHA"] = _run(_sweep(root, "bench_asha", "asha", rungs), root / "asha", cache)[0]
 
     grid_best = max(r["recovery_pct"] for r in grid)
-    full = [r for r in asha if not r["stopped_early"]]
-    asha_best = max(r["recovery_pct"] for r in full)
-    reached = asha_best >= grid_best - 0.2
-    print(f"grid: {len(grid)} trials, {grid[0]['budget']} docs each; space {SPACE}")
+    spread = grid_best - min(r["recovery_pct"] for r in grid)
     print(
-        f"full grid: compute {compute(grid):.0f}s (run wall {grid_wall:.0f}s), best recovery {grid_best:.2f}%"
+        f"grid: {len(grid)} recipes, {grid[0]['budget']} docs each; space {SPACE}; ASHA rungs {rungs}, x{REDUCTION}"
     )
     print(
-        f"ASHA rungs {rungs}: compute {compute(asha):.0f}s (run wall {asha_wall:.0f}s), "
-        f"{sum(r['stopped_early'] for r in asha)} of {len(asha)} trials stopped early, "
-        f"best full-budget recovery {asha_best:.2f}%"
+        f"full grid: compute {_compute(grid):.0f}s, best recovery {grid_best:.2f}%, spread {spread:.2f} points"
     )
-    print(f"ASHA reached the grid's best within 0.2 points: {'yes' if reached else 'NO'}")
-    print(f"ratio full-grid compute / ASHA compute: {compute(grid) / compute(asha):.2f}x")
-    for name, rows in (("grid", grid), ("asha", asha)):
+    for name, rows in searches.items():
+        _search_line(name, rows, grid, grid_best)
+    from cluster.report.proxies import spearman, trial_pairs
+
+    for proxy, (xs, ys) in trial_pairs(grid).items():
+        rho, lo, hi = spearman(xs, ys)
+        print(
+            f"proxy {proxy} vs full recovery over the grid's {len(xs)} recipes: rho {rho:+.2f} (95% CI {lo:+.2f} to {hi:+.2f})"
+        )
+    for name, rows in (("grid", grid), *searches.items()):
         q, e, v = (sum(r["split"][i] for r in rows) / len(rows) for i in range(3))
         print(f"{name} mean per trial: quantize {q:.1f}s, engine start {e:.1f}s, scoring {v:.1f}s")
-    for name, rows in (("grid", grid), ("asha", asha)):
-        for r in sorted(rows, key=lambda r: -r["recovery_pct"]):
+        for r in sorted(rows, key=lambda r: -(r["recovery_pct"] or 0)):
             params = ", ".join(f"{k}={v}" for k, v in r["params"])
             rung = " ".join(f"{x:.1f}" for x in r["rung_recovery_pct"])
-            print(f"  {name} {params}: recovery {r['recovery_pct']:.2f}% rungs [{rung}] {r['wall_s']:.0f}s")
+            rec = "-" if r["recovery_pct"] is None else f"{r['recovery_pct']:.2f}%"
+            print(f"  {params}: recovery {rec} KL {r['proxy_kl']:.4f} rungs [{rung}] {r['wall_s']:.0f}s")
 
 
 if __name__ == "__main__":

@@ -314,7 +314,9 @@ def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
         max_concurrent_trials=at_once,
         search_alg=_search_alg(t),
         scheduler=_scheduler(t),
-        reuse_actors=True,
+        # ...except under ASHA: with a reused actor, Ray Tune 2.x left the next trial PENDING for good
+        # once two trials in a row had run to the last rung (seen in bench/tune_efficiency.py)
+        reuse_actors=t.scheduler != "asha",
     )
     run = tune.RunConfig(name=path.name, storage_path=str(path.parent), callbacks=[_progress_callback(cr)])
     return tune.Tuner(fn, param_space=_param_space(t), tune_config=config, run_config=run)
