@@ -12,7 +12,6 @@ to a question is not empty. Nothing here is specific to one model family.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.errors import ConfigError, StageError
+from cluster.store.datasets import sha256
 
 MAX_PPL_RATIO = 1.1
 PACKAGE_PREFIX = "pkg:"
@@ -73,15 +73,6 @@ def file_stamp(spec: str) -> dict[str, int]:
     """The file's size and mtime: cheap enough for plan-time keys (the cache itself uses the hash)."""
     st = resolve(spec).stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def file_hash(path: Path) -> str:
-    """sha256 of the file: the converted checkpoint's cache key."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _specials(tok: Any) -> dict[str, str | None]:
@@ -169,7 +160,7 @@ def convert(
     from cluster.models.tinymodel import build_atomically
 
     path = resolve(spec)
-    digest = file_hash(path)
+    digest = sha256(path)
     final = Path(cache_dir) / f"gguf-{digest[:16]}"
 
     def fill(tmp: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from cluster.errors import ConfigError, StageError
 from cluster.models import gguf, tinymodel
+from cluster.store.datasets import sha256
 
 pytestmark = pytest.mark.unit
 
@@ -87,9 +88,7 @@ def test_a_gguf_file_is_converted_once_and_verified(micro, tmp_path):
     model_dir = gguf.convert(str(path), tmp_path / "cache", log=lambda _: None)
     report = json.loads((model_dir.parent / "verification.json").read_text())
     assert report["ratio"] == pytest.approx(1.0, abs=0.01) and report["answer"]
-    assert (
-        report["sha256"] == gguf.file_hash(path) and model_dir.parent.name == f"gguf-{report['sha256'][:16]}"
-    )
+    assert report["sha256"] == sha256(path) and model_dir.parent.name == f"gguf-{report['sha256'][:16]}"
     done = (model_dir.parent / "DONE").stat().st_mtime_ns
     assert gguf.convert(str(path), tmp_path / "cache") == model_dir  # cached: not converted again
     assert (model_dir.parent / "DONE").stat().st_mtime_ns == done
@@ -155,7 +154,7 @@ def test_resolve_finds_files_in_packages_and_paths(tmp_path):
         gguf.resolve("pkg:no_such_pkg/m.gguf")
     with pytest.raises(ConfigError, match="is not a .gguf file"):
         gguf.resolve("pkg:cluster/missing.gguf")
-    assert gguf.file_hash(f) == gguf.file_hash(f) != gguf.file_hash(Path(__file__))
+    assert sha256(f) == sha256(f) != sha256(Path(__file__))
     stamp = gguf.file_stamp(str(f))
     f.write_bytes(b"GGUF, replaced")
     assert gguf.file_stamp(str(f)) != stamp  # the prepare cell's key changes with the file
