@@ -118,6 +118,7 @@ def _check_suite(suite: C.SuiteConfig, source: str) -> None:
         _bound(source, f"task {task.name}: max_gen_toks", task.max_gen_toks, 1)
         _bound(source, f"task {task.name}: num_fewshot", task.num_fewshot, 0)
         _bound(source, f"task {task.name}: random_baseline", task.random_baseline, 0.0, 0.999)
+        _bound(source, f"task {task.name}: chance", task.chance, 0.0, 1.0)
         for sub, b in task.subtask_baselines.items():
             _bound(source, f"task {task.name}: subtask_baselines.{sub}", b, 0.0, 0.999)
 
@@ -275,6 +276,13 @@ def _check_eval(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     _bound(source, "eval.actors", ev.actors, 1)
     _bound(source, "eval.cpus_per_actor", ev.cpus_per_actor, 0, open_low=True)
     _bound(source, "eval.limit", ev.limit, 1)
+    tasks = {t.name for s in ev.suites for t in catalog.suites[s].tasks}
+    for task, n in ev.task_limits.items():
+        if task not in tasks:
+            raise ConfigError(
+                f"{source}: eval.task_limits: '{task}' is no task of eval.suites ({', '.join(sorted(tasks))})"
+            )
+        _bound(source, f"eval.task_limits.{task}", n, 1)
     kinds = {t.kind for s in ev.suites for t in catalog.suites[s].tasks}
     if "arena" in kinds and not ev.judge.base_url:
         raise ConfigError(f"{source}: eval.judge.base_url is required for the arena task(s) in eval.suites")

@@ -107,6 +107,9 @@ class TaskSpec:
     num_fewshot: int | None = None
     metric: str = "acc"
     random_baseline: float = 0.0  # Leaderboard V2 normalisation: subtracted, then rescaled
+    # what a uniform random guesser scores: None = 1 / choices per document for multiple-choice
+    # tasks, 0 for free-form generation; set it where a generation task picks among letters (0.25)
+    chance: float | None = None
     # an lm-eval group normalised per subtask (V2's BBH, MuSR): subtask -> its own random baseline;
     # the task's score is then the mean of its subtasks' normalised scores
     subtask_baselines: dict[str, float] = field(default_factory=dict)
@@ -243,6 +246,9 @@ class EvalStage:
     actors: int = 2
     cpus_per_actor: float = 1
     limit: int | None = None  # docs per task; None = all
+    # documents per task for named tasks (a group's: per subtask), overriding `limit`: e.g. MMLU's
+    # 57 subjects at 2 each while the other tasks score 100
+    task_limits: dict[str, int] = field(default_factory=dict)
     apply_chat_template: bool = False
     fewshot_as_multiturn: bool = False
     add_bos_token: bool = True
@@ -251,6 +257,11 @@ class EvalStage:
     similarity: SimilarityStage = field(default_factory=SimilarityStage)
     judge: JudgeStage = field(default_factory=JudgeStage)
     sandbox: SandboxStage = field(default_factory=SandboxStage)
+
+
+def task_limit(ev: EvalStage, task: str) -> int | None:
+    """Documents scored for `task` (per subtask for a group): its `task_limits` entry, else `limit`."""
+    return ev.task_limits.get(task, ev.limit)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Running lm-eval: one TaskManager per process, suites evaluated through any `LM`, a plain
 unsharded yardstick, and task sizes.
 
-`evaluate_suite` calls `lm_eval.simple_evaluate` once per distinct shot count with an `LM` object
+`evaluate_suite` calls `lm_eval.simple_evaluate` once per distinct shot count and limit with an `LM` object
 (the sharded engine hosts in a run); `reference_evaluate` is the unsharded `model="vllm"` run that
 tests and benchmarks compare against.
 """
@@ -38,8 +38,11 @@ def evaluate_suite(
     seed: int,
     metadata: dict[str, Any] | None = None,
     samples: dict[str, list[int]] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Run lm-eval on (task, num_fewshot) pairs; one evaluator call per shot count.
+    """Run lm-eval on (task, num_fewshot) pairs; one evaluator call per shot count and limit.
+
+    `limits` (task -> documents, per subtask for a group) overrides `limit` for the tasks it names.
 
     `samples` (task -> document indices) evaluates chosen documents instead of the first `limit`.
     Returns lm-eval's merged `results`, `n-samples`, `samples` and `configs` keyed by task name, and
@@ -55,13 +58,15 @@ def evaluate_suite(
         "configs": {},
         "group_subtasks": {},
     }
-    for shots in sorted({s for _, s in tasks}, key=lambda s: -1 if s is None else s):
-        names = [t for t, s in tasks if s == shots]
+    limits = limits or {}
+    runs = {(s, limits.get(t, limit)) for t, s in tasks}
+    for shots, lim in sorted(runs, key=lambda r: tuple(-1 if x is None else x for x in r)):
+        names = [t for t, s in tasks if s == shots and limits.get(t, limit) == lim]
         out = lm_eval.simple_evaluate(
             model=lm,
             tasks=names,
             num_fewshot=shots,
-            limit=limit,
+            limit=lim,
             task_manager=manager,
             apply_chat_template=apply_chat_template,
             fewshot_as_multiturn=fewshot_as_multiturn,
@@ -85,6 +90,7 @@ def reference_evaluate(
     include_path: str | None,
     limit: int | None,
     seed: int,
+    num_fewshot: int | None = None,
 ) -> dict[str, Any]:
     """Plain, unsharded `lm_eval.simple_evaluate(model="vllm")` on one engine: the yardstick.
 
@@ -100,6 +106,7 @@ def reference_evaluate(
         model="vllm",
         model_args=args,
         tasks=tasks,
+        num_fewshot=num_fewshot,
         task_manager=task_manager(include_path),
         limit=limit,
         random_seed=seed,

@@ -86,6 +86,20 @@ def sample_value(task: TaskSpec, sample: dict[str, Any]) -> float | None:
     return float(sample[name])
 
 
+def sample_chance(spec: TaskSpec, output_type: str | None, sample: dict[str, Any]) -> float | None:
+    """What a uniform random guesser scores on one document (None when unknown, e.g. judged tasks).
+
+    The task's `chance` when set; a multiple-choice document: 1 / its number of choices (lm-eval
+    logs one filtered response per choice); free-form generation and code: 0.
+    """
+    if spec.chance is not None:
+        return spec.chance
+    if output_type == "multiple_choice":
+        n = len(sample.get("filtered_resps") or [])
+        return 1.0 / n if n else None
+    return None if spec.kind == "arena" else 0.0
+
+
 def docs_of(out: dict[str, Any], suite: SuiteConfig, groups: Groups | None = None) -> Docs:
     """Per-document metric values per leaf task from an lm-eval output with logged samples."""
     groups = groups or groups_of(out, suite)
@@ -110,6 +124,16 @@ def docs_from_rows(rows: list[dict[str, Any]], suite: SuiteConfig) -> Docs:
             if metric[r["task"]] in values:
                 leaf = r.get("subtask") or r["task"]
                 out.setdefault(leaf, {})[int(r["doc_id"])] = values[metric[r["task"]]]
+    return out
+
+
+def chance_from_rows(rows: list[dict[str, Any]], suite: SuiteConfig) -> Docs:
+    """Per-document chance scores per leaf task from `eval_samples` rows (documents without one left out)."""
+    names = {t.name for t in suite.tasks}
+    out: Docs = {t.name: {} for t in suite.tasks}
+    for r in rows:
+        if r["task"] in names and r.get("chance") is not None:
+            out.setdefault(r.get("subtask") or r["task"], {})[int(r["doc_id"])] = float(r["chance"])
     return out
 
 

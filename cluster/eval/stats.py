@@ -50,6 +50,42 @@ def _values(pairs: Pairs, rng: np.random.Generator) -> tuple[dict[str, float], d
     return f_vals, b_vals
 
 
+def bootstrap(
+    fmt: PerDoc,
+    base: PerDoc,
+    suite: SuiteConfig,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    groups: Groups | None = None,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Paired-bootstrap intervals for recovery % and for the baseline's suite score ((NaN, NaN) when
+    undefined): the same replicates give both."""
+    nan = (math.nan, math.nan)
+    pairs = _aligned(fmt, base, suite, groups)
+    if any(sum(len(a) for a, _ in leaves.values()) == 0 for leaves in pairs.values()):
+        return nan, nan
+    rng = np.random.default_rng(seed)
+    ratios, bases = [], []
+    for _ in range(n_boot):
+        f_vals, b_vals = _values(pairs, rng)
+        b = suite_score(suite, b_vals)
+        r = recovery_pct(suite_score(suite, f_vals), b)
+        bases.append(b)
+        if not math.isnan(r):
+            ratios.append(r)
+    q = [50 * (1 - level), 50 * (1 + level)]
+
+    def interval(xs: list[float]) -> tuple[float, float]:
+        xs = [x for x in xs if not math.isnan(x)]
+        if not xs:
+            return nan
+        lo, hi = np.percentile(xs, q)
+        return float(lo), float(hi)
+
+    return interval(ratios), interval(bases)
+
+
 def bootstrap_recovery(
     fmt: PerDoc,
     base: PerDoc,
@@ -60,20 +96,7 @@ def bootstrap_recovery(
     groups: Groups | None = None,
 ) -> tuple[float, float]:
     """A paired-bootstrap confidence interval for recovery % (NaN, NaN when undefined)."""
-    pairs = _aligned(fmt, base, suite, groups)
-    if any(sum(len(a) for a, _ in leaves.values()) == 0 for leaves in pairs.values()):
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    ratios = []
-    for _ in range(n_boot):
-        f_vals, b_vals = _values(pairs, rng)
-        r = recovery_pct(suite_score(suite, f_vals), suite_score(suite, b_vals))
-        if not math.isnan(r):
-            ratios.append(r)
-    if not ratios:
-        return math.nan, math.nan
-    lo, hi = np.percentile(ratios, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    return bootstrap(fmt, base, suite, n_boot, seed, level, groups)[0]
 
 
 def flips(fmt: PerDoc, base: PerDoc, suite: SuiteConfig, groups: Groups | None = None) -> tuple[int, int]:

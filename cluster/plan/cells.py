@@ -26,6 +26,7 @@ from cluster.config.schema import (
     HardwareConfig,
     ModelConfig,
     SweepConfig,
+    task_limit,
 )
 from cluster.plan import placement as P
 from cluster.plan.keys import content_key, versions
@@ -379,7 +380,8 @@ class _Planner:
         """The baseline's evaluation of the tuning suite, when it scored exactly the documents tuning needs."""
         t, ev = self.sweep.tune, self.sweep.eval
         full = t.rungs[-1] if t.rungs else t.limit
-        if not ev.enabled or t.suite not in ev.suites or full != ev.limit:
+        tasks = [x.name for x in self.catalog.suites[t.suite].tasks] if t.suite in ev.suites else []
+        if not ev.enabled or not tasks or any(task_limit(ev, x) != full for x in tasks):
             return None
         return self.get("evaluate", m, self.sweep.baseline, t.suite)
 

@@ -95,7 +95,7 @@ class CostModel:
 
     def evaluate(self, cell: Cell) -> float:
         suite = self.catalog.suites[cell.suite]
-        prefill, gen = suite_tokens(suite, self.cost, self.sweep.eval.limit)
+        prefill, gen = suite_tokens(suite, self.cost, self.sweep.eval.limit, self.sweep.eval.task_limits)
         work = self.engine(cell).pass_s(prefill, gen) / cell.resources.processes
         return self.cost.cell_overhead_s + work
 

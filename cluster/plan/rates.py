@@ -18,14 +18,18 @@ CPU_PEAK_TFLOPS = 0.1  # an engine on one host core (the embedded local run)
 CPU_GBPS = 20.0
 
 
-def suite_tokens(suite: SuiteConfig, cost: CostConfig, budget: int | None) -> tuple[float, float]:
-    """(prompt tokens, generated tokens) of one pass over a suite, at most `budget` documents per task."""
+def suite_tokens(
+    suite: SuiteConfig, cost: CostConfig, budget: int | None, budgets: dict[str, int] | None = None
+) -> tuple[float, float]:
+    """(prompt tokens, generated tokens) of one pass over a suite, at most `budget` documents per task
+    (`budgets`: per named task instead)."""
     prefill = gen = 0.0
     for task in suite.tasks:
         c = cost.tasks.get(task.name)
         if c is None:
             continue
-        docs = min(c.docs, budget) if budget else c.docs
+        limit = (budgets or {}).get(task.name, budget)
+        docs = min(c.docs, limit) if limit else c.docs
         prefill += docs * (c.doc_tokens * ((task.num_fewshot or 0) + 1) + c.choices * c.choice_tokens)
         gen += docs * min(c.gen_tokens, task.max_gen_toks)
     return prefill, gen

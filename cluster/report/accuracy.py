@@ -19,6 +19,7 @@ RECOVERY_HEADERS = (
     "format",
     "score",
     "baseline",
+    "chance",
     "recovery %",
     "95% CI",
     "flips R→W / W→R",
@@ -58,6 +59,7 @@ def recovery_table(data: RunData, rows: list[Row], cfg: ReportConfig) -> str:
                 data.format_label(r["format"]),
                 H.num(r["score"]),
                 H.num(r["baseline_score"]),
+                H.num(r.get("chance_score")),
                 H.num(pct),
                 ci,
                 flips,
@@ -68,7 +70,7 @@ def recovery_table(data: RunData, rows: list[Row], cfg: ReportConfig) -> str:
             )
         )
         classes.append("muted" if pct is None else ("bad" if pct < cfg.recovery_floor else ""))
-    return H.table(RECOVERY_HEADERS, body, numeric=(3, 4, 5, 6, 7), row_classes=classes)
+    return H.table(RECOVERY_HEADERS, body, numeric=(3, 4, 5, 6, 7, 8), row_classes=classes)
 
 
 def task_table(data: RunData, rows: list[Row]) -> str:
@@ -86,10 +88,19 @@ def task_table(data: RunData, rows: list[Row]) -> str:
                 cells.append(f"{r['status']}: {r['reason']}")
             else:
                 err = f" ± {r['stderr'] * 100:.2f}" if r["stderr"] else ""
-                cells.append(f"{r['value'] * 100:.2f}{err}")
+                cells.append(f"{r['value'] * 100:.2f}{err}{_chance_mark(r)}")
         body.append((task, metric, *cells))
     headers = ("task", "metric", *(data.format_label(f) for f in formats))
     return H.table(headers, body, numeric=range(2, 2 + len(formats)))
+
+
+def _chance_mark(r: Row) -> str:
+    """' (at chance)' when the value's 95% interval (value ± 1.96 stderr) reaches chance."""
+    chance = r.get("chance")
+    if chance is None:
+        return ""
+    low = r["value"] - 1.96 * (r["stderr"] or 0.0)
+    return f" (at chance {chance * 100:.1f})" if low <= chance + 1e-9 else ""
 
 
 def similarity_table(data: RunData, rows: list[Row]) -> str:
@@ -118,7 +129,10 @@ def section(data: RunData, sweep: str, cfg: ReportConfig, figs: F.Figures) -> li
         H.para(
             "Recovery = 100 × format suite score / baseline suite score (a ratio of averages); the "
             "interval is a paired bootstrap over documents (imported results have none). Flips: "
-            "documents the baseline got right and the format wrong, and the reverse."
+            "documents the baseline got right and the format wrong, and the reverse. Chance: what a "
+            "random guesser scores on the same documents (1 / choices, 0 for free-form answers); "
+            "where the baseline's own 95% interval reaches it, recovery is not reported (baseline "
+            "at chance), and per-task values within 1.96 stderr of chance are marked."
         )
     ]
     if not rec and not scores:

@@ -1,7 +1,8 @@
 """The guideline: which format to deploy, per model x hardware x mode x SLO (x use case), and why.
 
 The rule is the study's, made explicit: among the formats whose recovery stays at or above the floor
-on every suite it applies to (the baseline passes by definition), deploy the one that buys the most
+on every suite it applies to (the baseline passes by definition; suites where the baseline scores
+at chance say nothing and are left out), deploy the one that buys the most
 queries per dollar while meeting the SLO. Synchronous serving is priced by single-stream latency
 (the SLO must hold for one stream); asynchronous serving at the highest measured rate that meets the
 SLO. Across use cases ("all"), formats rank by the cost-reduction factor vs the baseline (the study's
@@ -72,6 +73,10 @@ def accuracy(data: RunData, sweep: str, model: str, fmt: str, cfg: ReportConfig,
         return Accuracy(100.0, True, "the baseline")
     if not rows:
         return Accuracy(None, None, "recovery not measured")
+    judged = [r for r in rows if r["status"] != "baseline_at_chance"]  # no accuracy to lose there
+    if not judged:
+        return Accuracy(None, None, "the baseline scores at chance on every suite: recovery cannot decide")
+    rows = judged
     measured = [r for r in rows if r["status"] == "measured" and r["recovery_pct"] is not None]
     low = min(measured, key=lambda r: r["recovery_pct"]) if measured else None
     if low and low["recovery_pct"] < cfg.recovery_floor:

@@ -66,6 +66,7 @@ def recovery_table(rows: list[dict]) -> Table:
         "format",
         "score",
         "baseline",
+        "chance",
         "recovery %",
         "95% CI",
         "flips -/+",
@@ -85,12 +86,15 @@ def recovery_table(rows: list[dict]) -> Table:
             else f"{r['flips_right_to_wrong']}/{r['flips_wrong_to_right']}"
         )
         status = r["status"] if r["status"] == "measured" else f"{r['status']}: {r['reason']}"
+        if r["status"] == "baseline_at_chance":
+            status = "baseline at chance"  # the reason (its interval) is in the dataset and the report
         t.add_row(
             r["model"],
             r["suite"],
             r["format"],
             _num(r["score"]),
             _num(r["baseline_score"]),
+            _num(r.get("chance_score")),
             _num(r["recovery_pct"]),
             ci if r["recovery_pct"] is not None else "-",
             flips,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cluster.config.schema import SuiteConfig
-from cluster.eval.scoring import metric_value
+from cluster.config.schema import SuiteConfig, TaskSpec, task_limit
+from cluster.eval.scoring import metric_value, sample_chance
 from cluster.run.env import CellRun
 from cluster.stages.common import coords, engine_threads
 from cluster.stages.health import UNUSABLE, engine_args_json, engine_kwargs, load_on_hosts
@@ -49,13 +49,21 @@ def _score_rows(cr: CellRun, suite: SuiteConfig, out: dict, weights: str) -> lis
             key, value, stderr = metric_value(out["results"][name], t.metric)
             leaves = groups[t.name] if name == t.name else [name]
             counts = [out["n-samples"].get(leaf, {}).get("effective") for leaf in leaves]
+            chances = [
+                sample_chance(t, _output_type(out, leaf), s)
+                for leaf in leaves
+                for s in out["samples"].get(leaf, [])
+            ]
+            known = [c for c in chances if c is not None]
             rows.append(
                 {
                     **_score_base(cr, name, t.num_fewshot, weights),
+                    "limit": task_limit(cr.env.sweep.eval, t.name),  # a subtask's is its group's
                     "metric": key,
                     "value": value,
                     "stderr": stderr,
                     "n": None if None in counts else sum(counts),
+                    "chance": sum(known) / len(known) if known and len(known) == len(chances) else None,
                     "status": "measured",
                     "reason": "",
                 }
@@ -69,7 +77,7 @@ def _score_base(cr: CellRun, task: str, shots: int | None, weights: str) -> dict
         **coords(cr, "suite"),
         "task": task,
         "num_fewshot": shots,
-        "limit": ev.limit,
+        "limit": task_limit(ev, task),
         "backend": BACKEND,
         "actors": ev.actors,
         "batch_size": ev.batch_size,
@@ -90,12 +98,18 @@ def _sample_rows(cr: CellRun, suite: SuiteConfig, out: dict) -> list[dict]:
     rows = []
     for t in suite.tasks:
         for leaf in groups[t.name]:
-            rows += [_sample_row(cr, t.name, leaf, s) for s in out["samples"].get(leaf, [])]
+            kind = _output_type(out, leaf)
+            rows += [_sample_row(cr, t, leaf, s, kind) for s in out["samples"].get(leaf, [])]
     return rows
 
 
-def _sample_row(cr: CellRun, task: str, leaf: str, s: dict) -> dict:
+def _output_type(out: dict, leaf: str) -> str | None:
+    return (out.get("configs", {}).get(leaf) or {}).get("output_type")
+
+
+def _sample_row(cr: CellRun, t: TaskSpec, leaf: str, s: dict, output_type: str | None) -> dict:
     metrics = {k: float(s[k]) for k in s.get("metrics", []) if isinstance(s.get(k), (int, float))}
+    task = t.name
     return {
         **coords(cr, "suite"),
         "task": task,
@@ -106,6 +120,7 @@ def _sample_row(cr: CellRun, task: str, leaf: str, s: dict) -> dict:
         "metrics": list(metrics.items()),
         "isolation": s.get("isolation"),
         "subtask": leaf if leaf != task else None,
+        "chance": sample_chance(t, output_type, s),
     }
 
 
@@ -128,12 +143,13 @@ def _run_suite(cr: CellRun, lm: Any, suite: SuiteConfig, path: str) -> dict:
             ev.fewshot_as_multiturn,
             ev.seed,
             metadata,
+            limits=ev.task_limits,
         )
     for t in suite.tasks:
         if t.kind == "humaneval":
             from cluster.eval.humaneval import evaluate_task
 
-            part = evaluate_task(lm, t.name, ev.limit, t.max_gen_toks, ev.sandbox)
+            part = evaluate_task(lm, t.name, task_limit(ev, t.name), t.max_gen_toks, ev.sandbox)
         elif t.kind == "arena":
             part = _arena(cr, lm, t)
         else:
@@ -149,7 +165,7 @@ def _arena(cr: CellRun, lm: Any, t: Any) -> dict:
     from cluster.store.datasets import rows
 
     env = cr.env
-    prompts = load_prompts(t.prompts, env.sweep.eval.limit)
+    prompts = load_prompts(t.prompts, task_limit(env.sweep.eval, t.name))
     baseline = None
     if cr.cell.format != env.sweep.baseline:
         base_rows = rows(
@@ -177,6 +193,7 @@ def _results_json(cr: CellRun, out: dict, path: str) -> dict[str, Any]:
         "pretrained": path,
         "actors": ev.actors,
         "limit": ev.limit,
+        "task_limits": dict(ev.task_limits),
         "apply_chat_template": ev.apply_chat_template,
         "fewshot_as_multiturn": ev.fewshot_as_multiturn,
         "random_seed": ev.seed,
@@ -240,6 +257,7 @@ def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:
             "value": None,
             "stderr": None,
             "n": None,
+            "chance": None,
             "status": st,
             "reason": reason,
         }

@@ -84,6 +84,7 @@ EVAL_SCORES = _schema(
     pa.field("value", _F64),
     pa.field("stderr", _F64),
     pa.field("n", pa.int64()),
+    pa.field("chance", _F64),  # a uniform random guesser's value of the metric (null: unknown)
     pa.field("num_fewshot", pa.int64()),
     pa.field("limit", pa.int64()),
     pa.field("backend", pa.string(), nullable=False),
@@ -109,6 +110,7 @@ EVAL_SAMPLES = _schema(
     pa.field("metrics", pa.map_(pa.string(), _F64), nullable=False),
     pa.field("isolation", pa.string()),  # HumanEval: how the sandbox isolated the code (else null)
     pa.field("subtask", pa.string()),  # an lm-eval group's subtask the document belongs to (else null)
+    pa.field("chance", _F64),  # a random guesser's expected value here: 1 / choices, 0 for free-form
     extra_keys=("suite",),
 )
 
@@ -119,13 +121,18 @@ RECOVERY = _schema(
     pa.field("recovery_pct", _F64),
     pa.field("recovery_ci_low", _F64),
     pa.field("recovery_ci_high", _F64),
+    # the baseline's suite score interval (paired bootstrap) and what chance scores on the same
+    # documents: recovery is reported only where the interval lies above chance
+    pa.field("baseline_ci_low", _F64),
+    pa.field("baseline_ci_high", _F64),
+    pa.field("chance_score", _F64),
     pa.field("flips_right_to_wrong", pa.int64()),
     pa.field("flips_wrong_to_right", pa.int64()),
     pa.field("n_tasks", pa.int64(), nullable=False),
     pa.field("health", pa.string(), nullable=False),
     pa.field("backend", pa.string(), nullable=False),  # the same engine scores a format and its baseline
     pa.field("weights", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),  # measured | not_measured | failed
+    pa.field("status", pa.string(), nullable=False),  # measured | baseline_at_chance | not_measured | failed
     pa.field("reason", pa.string(), nullable=False),
     extra_keys=("suite",),
 )

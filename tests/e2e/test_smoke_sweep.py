@@ -80,6 +80,11 @@ def test_recovery_shows_a_real_loss_next_to_a_recipe_that_recovers(smoke):
     assert rtn["flips_right_to_wrong"] > gptq["flips_right_to_wrong"]
     for r in rec.values():
         assert r["recovery_ci_low"] <= r["recovery_pct"] <= r["recovery_ci_high"]
+        # chance: 4-choice log-likelihood task 1/4, free-form generation 0; the baseline clears it
+        assert r["chance_score"] == pytest.approx(12.5) and r["baseline_ci_low"] > 12.5
+        assert r["baseline_ci_low"] <= r["baseline_score"] <= r["baseline_ci_high"]
+    chance = {r["task"]: r["chance"] for r in _rows(out, "eval_scores") if r["format"] == "bf16"}
+    assert chance == {"qs_tiny_mc": 0.25, "qs_tiny_gen": 0.0}
     scores = [r for r in _rows(out, "eval_scores") if r["format"] == "w4a16-int"]
     mean = sum(r["value"] for r in scores) / len(scores) * 100
     assert gptq["score"] == pytest.approx(mean) and gptq["recovery_pct"] == pytest.approx(

@@ -98,6 +98,16 @@ CASES: list[tuple[str, Callable[[Path], tuple[Path, list[str]]], str]] = [
     ),
     ("zero-limit", lambda t: (_sweep(t, lambda d: d["eval"].update(limit=0)), []), "eval.limit must be >= 1"),
     (
+        "task-limit-of-no-task",
+        lambda t: (_sweep(t, lambda d: d["eval"].update(task_limits={"mmlu": 2})), []),
+        "eval.task_limits: 'mmlu' is no task of eval.suites",
+    ),
+    (
+        "zero-task-limit",
+        lambda t: (_sweep(t, lambda d: d["eval"].update(task_limits={"qs_tiny_mc": 0})), []),
+        "eval.task_limits.qs_tiny_mc must be >= 1",
+    ),
+    (
         "nan-rate",
         lambda t: (_sweep(t, text=SMOKE.replace("async_rate: 4.0", "async_rate: .nan")), []),
         "serve.async_rate must be a finite",
@@ -193,6 +203,11 @@ CASES: list[tuple[str, Callable[[Path], tuple[Path, list[str]]], str]] = [
         "conf-price",
         lambda t: (_conf(t, "hardware.yaml", lambda d: d["a100"]["price_per_hour"].update({1: -1.0})), []),
         "price_per_hour.1 must be > 0",
+    ),
+    (
+        "chance-above-one",
+        lambda t: (_conf(t, "suites/tiny.yaml", lambda d: d["tasks"][0].update(chance=1.5)), []),
+        "task qs_tiny_mc: chance must be >= 0.0 and <= 1.0, got 1.5",
     ),
     (
         "conf-tokens",
