@@ -12,7 +12,6 @@ to a question is not empty. Nothing here is specific to one model family.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -20,11 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.config.calibration import package_path
 from cluster.errors import ConfigError, StageError
 from cluster.store.datasets import sha256
 
 MAX_PPL_RATIO = 1.1
-PACKAGE_PREFIX = "pkg:"
 # texts the tokenizer must encode to the GGUF tokenizer's ids and decode back unchanged
 SAMPLE_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
@@ -56,14 +55,10 @@ class Reference:
 
 def resolve(spec: str) -> Path:
     """The GGUF file a model entry names: `pkg:<package>/<relative path>` or a filesystem path."""
-    if spec.startswith(PACKAGE_PREFIX):
-        package, _, rel = spec[len(PACKAGE_PREFIX) :].partition("/")
-        found = importlib.util.find_spec(package) if package else None
-        if found is None or not found.submodule_search_locations:
-            raise ConfigError(f"gguf '{spec}': no installed package '{package}' (is it in requirements?)")
-        path = Path(list(found.submodule_search_locations)[0]) / rel
-    else:
-        path = Path(spec).expanduser()
+    try:
+        path = package_path(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"gguf {exc}") from None
     if not path.is_file() or path.suffix != ".gguf":
         raise ConfigError(f"gguf '{spec}': '{path}' is not a .gguf file")
     return path

