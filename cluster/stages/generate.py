@@ -1,7 +1,8 @@
 """The generate stage: greedy answers of one checkpoint to the similarity prompts.
 
-The prompts are the model's own generation-task questions (`builtin`, built models) or a jsonl of
-`{"prompt": ...}` rows; every checkpoint of a model answers the same ones on its engine session,
+The prompts are (`builtin`) a built model's own generation-task questions, or for any other model
+the 24 general questions shipped in `cluster/eval/questions.txt` (written for quantsweep), or a
+jsonl of `{"prompt": ...}` rows; every checkpoint of a model answers the same ones on its engine session,
 and `cluster.stages.similarity` compares each format's answers with the baseline's.
 """
 
@@ -18,14 +19,18 @@ from cluster.stages.common import coords, engine_threads
 from cluster.stages.health import UNUSABLE, engine_kwargs, load_on_hosts
 from cluster.store.commit import CellResult
 
+QUESTIONS = Path(__file__).resolve().parents[1] / "eval" / "questions.txt"
+
 
 def prompts(stage: SimilarityStage, include_path: str | None) -> list[str]:
     """The prompts every checkpoint answers: the model's own generation-task questions, or a jsonl."""
     if stage.prompts == "builtin":
-        if not include_path:
-            raise ValueError("similarity.prompts is 'builtin' but the model ships no local tasks")
-        lines = (Path(include_path) / "qs_tiny_gen.jsonl").read_text().splitlines()
-        out = [f"Question: {json.loads(x)['question']}\nAnswer:" for x in lines if x.strip()]
+        if include_path:  # a built model: its own generation task's questions
+            lines = (Path(include_path) / "qs_tiny_gen.jsonl").read_text().splitlines()
+            questions = [json.loads(x)["question"] for x in lines if x.strip()]
+        else:  # any other model: the shipped general questions
+            questions = [x for x in QUESTIONS.read_text(encoding="utf-8").splitlines() if x.strip()]
+        out = [f"Question: {q}\nAnswer:" for q in questions]
     else:
         out = [json.loads(x)["prompt"] for x in Path(stage.prompts).read_text().splitlines() if x.strip()]
     return out[: stage.num_prompts]
