@@ -8,7 +8,9 @@ directory so none reuses another's quantized artifacts:
 - proxy-first ASHA (`tune.proxy: kl`): the first rung is the quality gate's KL vs the baseline,
   measured right after quantizing; trials it stops never start an engine; then the document rungs;
 - plain ASHA (with --with-asha): document rungs only.
-Compute is the sum of the trials' own wall times (trials run one at a time here). Prints each
+Compute is the sum of the trials' own wall times (trials run one at a time here, in reused trial
+processes: each imports llmcompressor, vLLM and lm-eval once); the whole runs' wall times are
+printed too. Prints each
 search's compute, its best full-budget recovery and whether it came within 0.2 points of the grid's
 best, the compute ratio against the grid (goal for proxy-first: <= 30 %), and the rank correlation
 (Spearman's rho, bootstrap 95 % interval) of each proxy with full recovery over the grid's recipes.
@@ -88,7 +90,7 @@ def _read(out: Path) -> list[dict]:
     """A finished run's trial rows, each with where its time went."""
     rows = pq.read_table(out / "datasets" / "trials").to_pylist()
     for r in rows:  # where each trial's time went (the last report of its Ray Tune result log)
-        [log] = out.glob(f"tune/*/trainable_{r['trial_id']}*/result.json")
+        [log] = out.glob(f"tune/*/*_{r['trial_id']}_*/result.json")  # Trial_<id>_... (trainable_ before)
         last = json.loads(log.read_text().splitlines()[-1])
         r["split"] = tuple(last.get(k) or 0.0 for k in ("quantize_s", "engine_start_s", "eval_s"))
     failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
@@ -125,17 +127,21 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="qs-tune-bench-"))
     _conf(root, args.docs)
     cache = root / "cache"
+    walls: dict[str, float] = {}
     if args.reuse:  # same organism, same grid: only the searches under test run again
         cache.symlink_to(Path(args.reuse) / "cache")
         grid = _read(Path(args.reuse) / "grid")
     else:
         cache.mkdir()
-        grid, _ = _run(_sweep(root, "bench_grid", "fifo", [rungs[-1]]), root / "grid", cache)
-    searches = {
-        "proxy-first ASHA": _run(_sweep(root, "bench_proxy", "asha", rungs, "kl"), root / "proxy", cache)[0]
-    }
+        grid, walls["grid"] = _run(_sweep(root, "bench_grid", "fifo", [rungs[-1]]), root / "grid", cache)
+    searches = {}
+    searches["proxy-first ASHA"], walls["proxy-first ASHA"] = _run(
+        _sweep(root, "bench_proxy", "asha", rungs, "kl"), root / "proxy", cache
+    )
     if args.with_asha:
-        searches["plain ASHA"] = _run(_sweep(root, "bench_asha", "asha", rungs), root / "asha", cache)[0]
+        searches["plain ASHA"], walls["plain ASHA"] = _run(
+            _sweep(root, "bench_asha", "asha", rungs), root / "asha", cache
+        )
 
     grid_best = max(r["recovery_pct"] for r in grid)
     spread = grid_best - min(r["recovery_pct"] for r in grid)
@@ -147,6 +153,11 @@ def main() -> None:
     )
     for name, rows in searches.items():
         _search_line(name, rows, grid, grid_best)
+    if "grid" in walls:  # the whole `cluster run`: Ray start, the baseline, every trial, commits
+        for name in searches:
+            print(
+                f"{name}: whole run {walls[name]:.0f}s vs the grid's {walls['grid']:.0f}s = {walls[name] / walls['grid']:.2f}x"
+            )
     from cluster.report.proxies import spearman, trial_pairs
 
     for proxy, (xs, ys) in trial_pairs(grid).items():

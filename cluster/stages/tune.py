@@ -1,12 +1,12 @@
 """The tune stage: a Ray Tune search over recipe knobs, accuracy recovery as the objective.
 
 One cell per model runs the search (its Ray task is Tune's controller; the trials hold the
-resources). Each trial applies its knob values to the format's recipe, quantizes into the
-experiment's own artifact cache (keyed by recipe, so a repeated recipe is found again), loads the
-checkpoint once in an in-process vLLM engine (trial processes are reused, so vLLM is imported
-once per process) and scores it with lm-eval on the tuning suite at growing sample budgets (the
-rungs), each rung scoring only new documents, recovery reported against the baseline on exactly
-the same documents; with `scheduler: asha` poor recipes stop early. Searches: grid, random, Optuna
+resources). Each trial (`cluster.stages.tunetrial.RecipeTrial`) applies its knob values to the format's
+recipe, quantizes into the experiment's own artifact cache (keyed by recipe, so a repeated recipe
+is found again), loads the checkpoint once in an in-process vLLM engine (trial processes are
+reused, so vLLM is imported once per process) and scores it with lm-eval on the tuning suite at
+growing sample budgets (the rungs), each rung scoring only new documents, recovery reported against
+the baseline on exactly the same documents; with `scheduler: asha` poor recipes stop early. Searches: grid, random, Optuna
 TPE. The experiment lives under `tune/<name>`, named by the cell key, so a rerun after the driver
 died resumes it (`Tuner.restore`). The best full-budget recipe is exported and validated on a
 held-out suite. GPTQ layers that fell back to round-to-nearest are reported with each trial.
@@ -14,163 +14,20 @@ held-out suite. GPTQ layers that fell back to round-to-nearest are reported with
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cluster.config.modelfit import recipe_for
 from cluster.config.schema import RecipeConfig, SuiteConfig, TuneStage
-from cluster.eval.docsets import evaluate_docs, first_docs, groups_of_sizes
+from cluster.eval.docsets import groups_of_sizes
 from cluster.eval.scoring import Docs, docs_score, recovery_pct
-from cluster.plan.keys import content_key
 from cluster.run.env import CellRun, RunEnv
 from cluster.stages.common import coords
-from cluster.stages.tuneproxy import proxy_report, proxy_row_of, trial_proxy
+from cluster.stages.tuneproxy import proxy_row_of
+from cluster.stages.tunetrial import TrialSetup, apply_params, measure, trial_checkpoint
 from cluster.store.commit import CellResult
-
-
-@dataclass(frozen=True)
-class TrialSetup:
-    """What every trial of one search shares."""
-
-    env: RunEnv
-    model: str
-    format: str
-    base_path: str
-    instruct_source: str | None
-    recipe: RecipeConfig
-    suite: SuiteConfig
-    include_path: str | None
-    budgets: tuple[int | None, ...]
-    sizes: dict[str, dict[str, int]]  # suite task -> leaf task (a group's subtasks) -> documents
-    baseline: Docs
-    artifact_root: str
-    route: str
-    tp: int
-    prepared: dict[str, Any]  # the prepare stage's outputs (the quality gate's baseline)
-
-
-def apply_params(recipe: RecipeConfig, params: dict[str, Any]) -> RecipeConfig:
-    """A copy of the recipe with dotted keys (e.g. 'calibration.num_samples') set."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.structured(copy.deepcopy(recipe))
-    for key, value in params.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-
-
-def open_lm(env: RunEnv, path: str, tp: int, pp: int = 1):
-    """lm-eval's vLLM backend with an engine inside this process (a trial's or a task's).
-
-    On CPU the engine runs in this process, bound to one core (trial processes are reused, so a
-    trial's previous engine is freed by then).
-    """
-    from serve.engine import IN_PROCESS_ENV, cpu_env, lm_eval_kwargs, prepare_process
-
-    if not env.gpu:
-        os.environ.update({**IN_PROCESS_ENV, **cpu_env(env.sweep.engine, core=os.getpid())})
-    prepare_process()
-    from lm_eval.models.vllm_causallms import VLLM
-
-    ev = env.sweep.eval
-    kwargs = lm_eval_kwargs(
-        env.sweep.engine, env.host, tp, not env.gpu, ev.seed, ev.add_bos_token, ev.batch_size, pp
-    )
-    return VLLM(pretrained=path, **kwargs)
-
-
-def measure(
-    env: RunEnv, path: str, suite: SuiteConfig, include: str | None, budget: int | None, tp: int, pp: int = 1
-) -> Docs:
-    """Per-document values of one checkpoint on a suite's first `budget` documents (a Ray task)."""
-    from cluster.eval.harness import task_sizes
-
-    lm = open_lm(env, path, tp, pp)
-    sizes = task_sizes([t.name for t in suite.tasks], include)
-    return evaluate_docs(
-        env.sweep.eval, lm, suite, include, first_docs(sizes, 0, budget), groups_of_sizes(sizes)
-    )
-
-
-def trial_checkpoint(setup: TrialSetup, recipe: RecipeConfig) -> tuple[str, dict[str, Any]]:
-    """The trial's checkpoint (quantized once per recipe, atomically) and what quantizing found."""
-    import json
-    import shutil
-    import tempfile
-
-    from cluster.quant.oneshot import quantize_into
-
-    key = content_key(setup.model, setup.format, recipe)
-    final = Path(setup.artifact_root) / key
-    meta_file = final / "trial_meta.json"
-    if not meta_file.is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-        meta = quantize_into(setup.base_path, recipe, tmp, setup.env.dtype(), setup.instruct_source)
-        if setup.route == "dequantized":
-            from cluster.quant.dequant import dequantize
-
-            dequantize(str(tmp), tmp / "dequantized", setup.env.dtype())
-        meta["key"] = key
-        (tmp / "trial_meta.json").write_text(json.dumps(meta))
-        try:
-            tmp.rename(final)
-        except OSError:  # another trial with the same recipe finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-    meta = json.loads(meta_file.read_text())
-    path = final / "dequantized" if setup.route == "dequantized" else final
-    return str(path), meta
-
-
-def trainable(config: dict[str, Any], setup: TrialSetup) -> None:
-    """One trial: quantize with the trial's knobs, then report recovery at every rung."""
-    from ray import tune
-
-    start = time.perf_counter()
-    path, meta = trial_checkpoint(setup, apply_params(setup.recipe, config))
-    quantized = time.perf_counter()
-    proxy = trial_proxy(setup, meta["key"])
-    first = 1
-    if setup.env.sweep.tune.proxy == "kl":  # the first rung: no engine for a trial stopped here
-        tune.report(proxy_report(proxy, meta, time.perf_counter() - start))
-        first = 2
-    lm = open_lm(setup.env, path, setup.tp)
-    loaded = time.perf_counter()
-    suite = setup.suite
-    groups = groups_of_sizes(setup.sizes)
-    docs: Docs = {leaf: {} for leaves in groups.values() for leaf in leaves}
-    previous = 0
-    for rung, budget in enumerate(setup.budgets, start=first):
-        picks = first_docs(setup.sizes, previous, budget)
-        for leaf, values in evaluate_docs(
-            setup.env.sweep.eval, lm, suite, setup.include_path, picks, groups
-        ).items():
-            docs.setdefault(leaf, {}).update(values)
-        score = docs_score(suite, docs, groups=groups)
-        base_score = docs_score(suite, setup.baseline, only=docs, groups=groups)
-        tune.report(
-            {
-                "rung": rung,
-                "budget": sum(len(v) for v in docs.values()),
-                "recovery": recovery_pct(score, base_score),
-                "score": score,
-                "baseline_score": base_score,
-                "artifact_key": meta["key"],
-                "rtn_fallback_modules": meta["rtn_fallback_modules"],
-                "wall_s": time.perf_counter() - start,
-                "quantize_s": quantized - start,
-                "engine_start_s": loaded - quantized,
-                "eval_s": time.perf_counter() - loaded,
-                "proxy": proxy,
-            }
-        )
-        previous = budget or 0
-    del lm
 
 
 def _param_space(t: TuneStage) -> dict[str, Any]:
@@ -298,14 +155,17 @@ def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
     from ray import tune
 
     t = cr.env.sweep.tune
-    fn = tune.with_resources(tune.with_parameters(trainable, setup=setup), _trial_resources(cr.env, cr.cell))
+    from cluster.stages.tunetrial import RecipeTrial
+
+    fn = tune.with_resources(
+        tune.with_parameters(RecipeTrial, setup=setup), _trial_resources(cr.env, cr.cell)
+    )
     if t.resume and restorable(path):
         cr.report("resuming the interrupted search (finished trials are kept)")
         return tune.Tuner.restore(
             str(path), trainable=fn, param_space=_param_space(t), resume_unfinished=True, resume_errored=True
         )
     (path / "tuner.pkl").unlink(missing_ok=True)  # a search killed before it recorded any trial
-    # reuse_actors: a trial process imports llmcompressor, vLLM and lm-eval once, not once per trial
     at_once = cr.cell.resources.trials or t.max_concurrent  # the plan's: what the scheduler holds for it
     config = tune.TuneConfig(
         metric="recovery",
@@ -314,11 +174,17 @@ def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
         max_concurrent_trials=at_once,
         search_alg=_search_alg(t),
         scheduler=_scheduler(t),
-        # ...except under ASHA: with a reused actor, Ray Tune 2.x left the next trial PENDING for good
-        # once two trials in a row had run to the last rung (seen in bench/tune_efficiency.py)
-        reuse_actors=t.scheduler != "asha",
+        # a trial process imports llmcompressor, vLLM and lm-eval once, not once per trial: `RecipeTrial`
+        # is a class trainable (a function trainable's thread, stopped by ASHA mid-trial, left the
+        # next trial of a reused actor PENDING for good in Ray Tune 2.x)
+        reuse_actors=True,
     )
-    run = tune.RunConfig(name=path.name, storage_path=str(path.parent), callbacks=[_progress_callback(cr)])
+    run = tune.RunConfig(
+        name=path.name,
+        storage_path=str(path.parent),
+        callbacks=[_progress_callback(cr)],
+        checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # trials keep no state worth it
+    )
     return tune.Tuner(fn, param_space=_param_space(t), tune_config=config, run_config=run)
 
 

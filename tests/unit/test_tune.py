@@ -9,7 +9,8 @@ import pytest
 from cluster.config.schema import SuiteConfig, TaskSpec, TuneStage
 from cluster.eval.docsets import first_docs
 from cluster.eval.scoring import docs_from_rows, docs_of, docs_score
-from cluster.stages.tune import apply_params, budgets
+from cluster.stages.tune import budgets
+from cluster.stages.tunetrial import apply_params
 
 pytestmark = pytest.mark.unit
 SUITE = SuiteConfig(
