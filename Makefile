@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TOOLS       := .venv-tools
 GUIDELLM    ?= guidellm==0.8.1
 
-.PHONY: demo test test-fast lint lock lock-gpu bench tools browser clean
+.PHONY: demo test test-real test-fast lint lock lock-gpu bench tools browser clean
 
 $(STAMP): $(LOCK) requirements/overrides.txt requirements/excludes.txt requirements/excludes-data.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,9 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-real: $(STAMP)
+	$(BIN)/python -m pytest -m real $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "unit" $(PYTEST_ARGS)
