@@ -381,7 +381,7 @@ class _Planner:
         t, ev = self.sweep.tune, self.sweep.eval
         full = t.rungs[-1] if t.rungs else t.limit
         tasks = [x.name for x in self.catalog.suites[t.suite].tasks] if t.suite in ev.suites else []
-        if not ev.enabled or not tasks or any(task_limit(ev, x) != full for x in tasks):
+        if not ev.enabled or t.suite is None or not tasks or any(task_limit(ev, x) != full for x in tasks):
             return None
         return self.get("evaluate", m, self.sweep.baseline, t.suite)
 

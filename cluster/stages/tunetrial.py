@@ -205,7 +205,7 @@ class RecipeTrial(tune.Trainable):
         checkpoint is found again in the artifact cache (keyed by recipe)."""
         return {"rung": self.rung}
 
-    def load_checkpoint(self, checkpoint: dict[str, Any] | str) -> None:
+    def load_checkpoint(self, checkpoint: dict[Any, Any] | None) -> None:
         return None
 
     def cleanup(self) -> None:
