@@ -1,4 +1,4 @@
-"""Benchmark: proxy-first ASHA (and plain ASHA) vs the full grid, on the organism.
+"""Benchmark: proxy-first ASHA, a KL prescreen (and plain ASHA) vs the full grid, on the organism.
 
 All searches cover the same W4A16 grid (sweeps/w4a16_recovery.yaml's knobs, cut to 8 recipes that
 fit a CPU) on an organism built with larger task files (`builder_args`: 1,000 documents per task,
@@ -7,6 +7,9 @@ directory so none reuses another's quantized artifacts:
 - full grid: every trial scored on the full budget, one report;
 - proxy-first ASHA (`tune.proxy: kl`): the first rung is the quality gate's KL vs the baseline,
   measured right after quantizing; trials it stops never start an engine; then the document rungs;
+- KL prescreen + ASHA (`tune.prescreen_keep: 1/4`): every recipe quantized and measured on KL first,
+  the best quarter scored on the document rungs (async ASHA's first rung lets the first trials
+  through whatever their KL, so it keeps about 3 of 8);
 - plain ASHA (with --with-asha): document rungs only.
 Compute is the sum of the trials' own wall times (trials run one at a time here, in reused trial
 processes: each imports llmcompressor, vLLM and lm-eval once); the whole runs' wall times are
@@ -15,6 +18,7 @@ search's compute, its best full-budget recovery and whether it came within 0.2 p
 best, the compute ratio against the grid (goal for proxy-first: <= 30 %), and the rank correlation
 (Spearman's rho, bootstrap 95 % interval) of each proxy with full recovery over the grid's recipes.
 Usage: .venv/bin/python bench/tune_efficiency.py [--rungs 50,200,1000] [--docs 1000] [--with-asha]
+       [--searches proxy,prescreen] [--reuse DIR]
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ def _conf(root: Path, docs: int) -> Path:
     return conf
 
 
-def _sweep(root: Path, name: str, scheduler: str, rungs: list[int], proxy: str = "none") -> Path:
+def _sweep(
+    root: Path, name: str, scheduler: str, rungs: list[int], proxy: str = "none", keep: float | None = None
+) -> Path:
     data = yaml.safe_load((REPO / "sweeps" / "w4a16_recovery.yaml").read_text())
     data["name"] = name
     data["conf_dir"] = str(root / "conf")
@@ -63,6 +69,7 @@ def _sweep(root: Path, name: str, scheduler: str, rungs: list[int], proxy: str =
         space=SPACE,
         validation_suite=None,
         proxy=proxy,
+        prescreen_keep=keep,
         reduction_factor=REDUCTION,
     )
     path = root / f"{name}.yaml"
@@ -89,10 +96,16 @@ def _run(sweep: Path, out: Path, cache: Path) -> tuple[list[dict], float]:
 def _read(out: Path) -> list[dict]:
     """A finished run's trial rows, each with where its time went."""
     rows = pq.read_table(out / "datasets" / "trials").to_pylist()
-    for r in rows:  # where each trial's time went (the last report of its Ray Tune result log)
-        [log] = out.glob(f"tune/*/*_{r['trial_id']}_*/result.json")  # Trial_<id>_... (trainable_ before)
-        last = json.loads(log.read_text().splitlines()[-1])
-        r["split"] = tuple(last.get(k) or 0.0 for k in ("quantize_s", "engine_start_s", "eval_s"))
+    last: dict[str, dict] = {}  # artifact key -> its furthest report (a prescreened recipe has two logs)
+    for log in out.glob("tune/**/result.json"):
+        lines = log.read_text().splitlines()
+        report = json.loads(lines[-1]) if lines else {}
+        key = report.get("artifact_key")
+        if key and (report.get("budget") or 0) >= (last.get(key, {}).get("budget") or 0):
+            last[key] = report
+    for r in rows:  # where each trial's time went
+        found = last.get(r["artifact_key"], {})
+        r["split"] = tuple(found.get(k) or 0.0 for k in ("quantize_s", "engine_start_s", "eval_s"))
     failed = [r["trial_id"] for r in rows if r["status"] != "ok"]
     if failed:
         sys.exit(f"trials {failed} failed; see {out / 'tune'}")
@@ -120,6 +133,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=1000, help="documents per organism task")
     parser.add_argument("--with-asha", action="store_true", help="also run plain ASHA (no proxy rung)")
     parser.add_argument(
+        "--searches",
+        default="proxy,prescreen",
+        help="searches to run against the grid: proxy (KL as ASHA's first rung), prescreen (KL screens "
+        "every recipe, the best 1/reduction go on to ASHA's document rungs); empty: the grid alone",
+    )
+    parser.add_argument(
         "--reuse", help="an earlier run's directory: reuse its built organism and full-grid run"
     )
     args = parser.parse_args()
@@ -135,9 +154,17 @@ def main() -> None:
         cache.mkdir()
         grid, walls["grid"] = _run(_sweep(root, "bench_grid", "fifo", [rungs[-1]]), root / "grid", cache)
     searches = {}
-    searches["proxy-first ASHA"], walls["proxy-first ASHA"] = _run(
-        _sweep(root, "bench_proxy", "asha", rungs, "kl"), root / "proxy", cache
-    )
+    chosen = [x for x in args.searches.split(",") if x]
+    if "proxy" in chosen:
+        searches["proxy-first ASHA"], walls["proxy-first ASHA"] = _run(
+            _sweep(root, "bench_proxy", "asha", rungs, "kl"), root / "proxy", cache
+        )
+    if "prescreen" in chosen:
+        searches["KL prescreen + ASHA"], walls["KL prescreen + ASHA"] = _run(
+            _sweep(root, "bench_prescreen", "asha", rungs, "kl", keep=1 / REDUCTION),
+            root / "prescreen",
+            cache,
+        )
     if args.with_asha:
         searches["plain ASHA"], walls["plain ASHA"] = _run(
             _sweep(root, "bench_asha", "asha", rungs), root / "asha", cache

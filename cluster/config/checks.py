@@ -412,6 +412,10 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     choice(t.proxy, ("none", "kl"), source, "tune.proxy")
     if t.proxy == "kl" and not sweep.quantize.quality.enabled:
         raise ConfigError(f"{source}: tune.proxy 'kl' needs quantize.quality.enabled (the gate measures it)")
+    if t.prescreen_keep is not None:
+        if t.proxy != "kl":
+            raise ConfigError(f"{source}: tune.prescreen_keep needs tune.proxy 'kl' (the screen's measure)")
+        _bound(source, "tune.prescreen_keep", t.prescreen_keep, 0, 1, open_low=True)
     if t.scheduler == "asha" and max(len(t.rungs), 1) + (t.proxy == "kl") < 2:
         raise ConfigError(
             f"{source}: tune.scheduler 'asha' needs at least two rungs (tune.rungs, tune.proxy)"

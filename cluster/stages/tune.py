@@ -25,7 +25,7 @@ from cluster.eval.docsets import groups_of_sizes
 from cluster.eval.scoring import Docs, docs_score, recovery_pct
 from cluster.run.env import CellRun, RunEnv
 from cluster.stages.common import coords
-from cluster.stages.tuneproxy import proxy_row_of
+from cluster.stages.tuneproxy import prescreen, proxy_row_of, proxy_rung
 from cluster.stages.tunetrial import TrialSetup, apply_params, measure, trial_checkpoint
 from cluster.store.commit import CellResult
 
@@ -50,7 +50,7 @@ def _scheduler(t: TuneStage):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    rungs = len(budgets(t)) + (1 if t.proxy == "kl" else 0)
+    rungs = len(budgets(t)) + (1 if proxy_rung(t) else 0)
     return ASHAScheduler(time_attr="rung", max_t=rungs, grace_period=1, reduction_factor=t.reduction_factor)
 
 
@@ -150,8 +150,11 @@ def restorable(path: Path) -> bool:
     return tune.Tuner.can_restore(str(path)) and any(path.glob("experiment_state-*.json"))
 
 
-def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
-    """A new Tuner, or the interrupted one restored from `path`."""
+def _tuner(cr: CellRun, setup: TrialSetup, path: Path, points: list[dict] | None = None):
+    """A new Tuner, or the interrupted one restored from `path`.
+
+    `points`: run exactly these knob settings (the recipes a prescreen kept), not the search's.
+    """
     from ray import tune
 
     t = cr.env.sweep.tune
@@ -160,20 +163,27 @@ def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
     fn = tune.with_resources(
         tune.with_parameters(RecipeTrial, setup=setup), _trial_resources(cr.env, cr.cell)
     )
+    space = _param_space(t) if points is None else {k: tune.choice(list(v)) for k, v in t.space.items()}
     if t.resume and restorable(path):
         cr.report("resuming the interrupted search (finished trials are kept)")
         return tune.Tuner.restore(
-            str(path), trainable=fn, param_space=_param_space(t), resume_unfinished=True, resume_errored=True
+            str(path), trainable=fn, param_space=space, resume_unfinished=True, resume_errored=True
         )
     (path / "tuner.pkl").unlink(missing_ok=True)  # a search killed before it recorded any trial
     at_once = cr.cell.resources.trials or t.max_concurrent  # the plan's: what the scheduler holds for it
+    if points is None:
+        search, samples = _search_alg(t), t.num_samples
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        search, samples = BasicVariantGenerator(points_to_evaluate=points), len(points)
     config = tune.TuneConfig(
         metric="recovery",
         mode="max",
-        num_samples=t.num_samples,
+        num_samples=samples,
         max_concurrent_trials=at_once,
-        search_alg=_search_alg(t),
-        scheduler=_scheduler(t),
+        search_alg=search,
+        scheduler=None if setup.screen else _scheduler(t),
         # a trial process imports llmcompressor, vLLM and lm-eval once, not once per trial: `RecipeTrial`
         # is a class trainable (a function trainable's thread, stopped by ASHA mid-trial, left the
         # next trial of a reused actor PENDING for good in Ray Tune 2.x)
@@ -185,7 +195,13 @@ def _tuner(cr: CellRun, setup: TrialSetup, path: Path):
         callbacks=[_progress_callback(cr)],
         checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),  # trials keep no state worth it
     )
-    return tune.Tuner(fn, param_space=_param_space(t), tune_config=config, run_config=run)
+    return tune.Tuner(fn, param_space=space, tune_config=config, run_config=run)
+
+
+def _fit(cr: CellRun, setup: TrialSetup, path: Path, points: list[dict] | None = None) -> list[Any]:
+    """Run (or resume) one Tune experiment; its trials' results."""
+    grid = _tuner(cr, setup, path, points).fit()
+    return [grid[i] for i in range(len(grid))]
 
 
 def _progress_callback(cr: CellRun):
@@ -199,9 +215,11 @@ def _progress_callback(cr: CellRun):
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
             self.finished += 1
-            rec = (trial.last_result or {}).get("recovery")
-            shown = f"{rec:.2f}%" if isinstance(rec, float) else "-"
-            cr.report(f"trial {self.finished} of {len(trials)} finished ({trial.config}: recovery {shown})")
+            last = trial.last_result or {}
+            rec = last.get("recovery")
+            what = "recovery" if last.get("budget") else "proxy score 100*exp(-KL)"
+            shown = f"{rec:.2f}" if isinstance(rec, float) else "-"
+            cr.report(f"trial {self.finished} of {len(trials)} finished ({trial.config}: {what} {shown})")
 
     return Progress()
 
@@ -267,11 +285,18 @@ def run(cr: CellRun) -> CellResult:
     cr.report(f"{t.search} search, {t.scheduler} scheduler, budgets {list(setup.budgets)}")
 
     resumed = t.resume and restorable(path)
-    grid = _tuner(cr, setup, path).fit()
     full = sum(len(v) for v in setup.baseline.values())
-    results = [grid[i] for i in range(len(grid))]
-    rows = [_trial_row(cr, r, full) for r in results]
-    proxies = [proxy_row_of(cr, r) for r in results]
+    if t.proxy == "kl" and t.prescreen_keep is not None:
+        results, walls, proxies = prescreen(cr, setup, path, lambda *a: _fit(cr, *a))
+        rows = [_trial_row(cr, r, full) for r in results]
+        for row, (trial, wall) in zip(
+            rows, walls, strict=True
+        ):  # a kept recipe is one trial: its screen and its scoring
+            row.update(trial_id=trial, wall_s=(row["wall_s"] or 0.0) + wall)
+    else:
+        results = _fit(cr, setup, path)
+        rows = [_trial_row(cr, r, full) for r in results]
+        proxies = [proxy_row_of(cr, r) for r in results]
     done = [i for i, row in enumerate(rows) if row["status"] == "ok" and row["budget"] == full]
     files: dict[str, Any] = {}
     note = "no trial reached the full budget; no recipe exported"
@@ -321,9 +346,9 @@ def _trial_row(cr: CellRun, r: Any, full_budget: int) -> dict:
     t = cr.env.sweep.tune
     met = r.metrics or {}
     history = r.metrics_dataframe
-    rungs = [] if history is None or "recovery" not in history else [float(x) for x in history["recovery"]]
-    if t.proxy == "kl":
-        rungs = rungs[1:]  # the proxy rung's figure is a rank score, not a recovery
+    rungs = []
+    if history is not None and "recovery" in history:  # a proxy rung (budget 0): a rank score, not a recovery
+        rungs = [float(x) for x, b in zip(history["recovery"], history["budget"], strict=True) if b]
     budget = met.get("budget")
     proxy = met.get("proxy") or {}
     return {

@@ -8,6 +8,11 @@ trial reports 100 * exp(-KL) (a rank score in recovery's units, never stored as 
 compares it with the other trials' at that rung, and a trial it stops never starts an engine or scores
 a benchmark document. The figures go into the trial's row and the `proxies` dataset either way, so
 how well each proxy ranks recipes by recovery can be measured (`cluster.report.proxies`).
+
+With `tune.prescreen_keep` the proxy screens instead: every recipe is quantized and measured (no
+engine), and only the best fraction by KL is scored on the benchmark rungs (under the configured
+scheduler), reusing the screen's checkpoints and figures. Async ASHA cannot do that cut at its first
+rung: it decides as trials arrive, so the first trials go on whatever their KL.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from cluster.run.env import CellRun
+
+
+def proxy_rung(t: Any) -> bool:
+    """Whether the proxy is ASHA's first rung (`tune.proxy: kl` without a prescreen)."""
+    return bool(t.proxy == "kl" and t.prescreen_keep is None)
 
 
 def trial_proxy(setup: Any, key: str) -> dict[str, Any]:
@@ -63,3 +73,32 @@ def proxy_row_of(cr: CellRun, result: Any) -> dict[str, Any] | None:
         return None
     trial = str(met.get("trial_id", Path(result.path).name))
     return proxy_row(cr, {"key": met.get("artifact_key")}, figures, "tune", trial_id=trial)
+
+
+def prescreen(cr: CellRun, setup: Any, path: Path, fit) -> tuple[list[Any], list[tuple[str, float]], list]:
+    """Screen every recipe on the proxy, score the best `tune.prescreen_keep` of them (at least one).
+
+    `fit(setup, path, points)` runs one Tune experiment. Returns one result per recipe (the scoring
+    run's for a kept one, the screen's otherwise), each recipe's (trial id, screen seconds to add to a
+    kept one's time) and the `proxies` rows.
+    """
+    from dataclasses import replace
+
+    t = cr.env.sweep.tune
+    screened = fit(replace(setup, screen=True), path / "screen", None)
+    ok = [r for r in screened if r.error is None and (r.metrics or {}).get("proxy")]
+    keep = max(1, round((t.prescreen_keep or 1.0) * len(screened)))
+    kept = sorted(ok, key=lambda r: -r.metrics["recovery"])[:keep]  # 100 * exp(-KL)
+    cr.report(f"prescreen: the {len(kept)} of {len(screened)} recipes with the lowest KL go on to scoring")
+    figures = {r.metrics["artifact_key"]: r.metrics["proxy"] for r in kept}
+    scored = fit(replace(setup, screened=figures), path, [dict(r.config) for r in kept]) if kept else []
+    by_key = {(r.metrics or {}).get("artifact_key"): r for r in scored}
+    kept_ids = {id(r) for r in kept}  # Ray's results compare by value (their data frames too)
+    results, walls = [], []
+    for r in screened:
+        trial = str((r.metrics or {}).get("trial_id", Path(r.path).name))
+        key = (r.metrics or {}).get("artifact_key")
+        won = by_key.get(key) if id(r) in kept_ids else None
+        results.append(won or r)
+        walls.append((trial, float(r.metrics.get("wall_s") or 0.0) if won else 0.0))
+    return results, walls, [p for p in (proxy_row_of(cr, r) for r in screened) if p]

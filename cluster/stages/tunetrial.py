@@ -14,7 +14,7 @@ import copy
 import gc
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from cluster.eval.docsets import evaluate_docs, first_docs, groups_of_sizes
 from cluster.eval.scoring import Docs, docs_score, recovery_pct
 from cluster.plan.keys import content_key
 from cluster.run.env import RunEnv
-from cluster.stages.tuneproxy import proxy_report, trial_proxy
+from cluster.stages.tuneproxy import proxy_report, proxy_rung, trial_proxy
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class TrialSetup:
     route: str
     tp: int
     prepared: dict[str, Any]  # the prepare stage's outputs (the quality gate's baseline)
+    screen: bool = False  # the prescreen: quantize and measure the proxy, no engine, one report
+    screened: dict[str, dict[str, Any]] = field(default_factory=dict)  # artifact key -> the screen's figures
 
 
 def apply_params(recipe: RecipeConfig, params: dict[str, Any]) -> RecipeConfig:
@@ -146,21 +148,25 @@ class RecipeTrial(tune.Trainable):
         s = self.shared
         self.path, self.meta = trial_checkpoint(s, apply_params(s.recipe, self.params))
         self.times["quantize_s"] = time.perf_counter() - self.start
-        self.proxy = trial_proxy(s, self.meta["key"])
+        self.proxy = s.screened.get(self.meta["key"]) or trial_proxy(s, self.meta["key"])
 
     def step(self) -> dict[str, Any]:
         s = self.shared
         if self.path is None:
             self._quantize()
-            if s.env.sweep.tune.proxy == "kl":  # the first rung: no engine for a trial stopped here
+            if s.screen or proxy_rung(s.env.sweep.tune):  # no engine for a trial that ends here
                 self.rung = 1
-                return proxy_report(self.proxy, self.meta, time.perf_counter() - self.start)
+                report = {
+                    **proxy_report(self.proxy, self.meta, time.perf_counter() - self.start),
+                    "quantize_s": self.times["quantize_s"],
+                }
+                return {**report, "done": True} if s.screen else report
         if self.lm is None:
             loading = time.perf_counter()
             self.lm = open_lm(s.env, str(self.path), s.tp)
             self.times["engine_start_s"] = time.perf_counter() - loading
             self.times["scoring_from"] = time.perf_counter()
-        first = 2 if s.env.sweep.tune.proxy == "kl" else 1
+        first = 2 if proxy_rung(s.env.sweep.tune) else 1
         budget = s.budgets[self.rung + 1 - first]
         groups = groups_of_sizes(s.sizes)
         picks = first_docs(s.sizes, self.previous, budget)

@@ -100,9 +100,12 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
         (lambda d: d["tune"].update(search="bayes"), "tune.search 'bayes' is not one of"),
         (lambda d: d["tune"].update(scheduler="hyperband"), "tune.scheduler 'hyperband' is not one of"),
         (
-            lambda d: d["tune"].update(scheduler="asha", limit=None, proxy="none"),
+            lambda d: d["tune"].update(scheduler="asha", limit=None, proxy="none", prescreen_keep=None),
             "'asha' needs at least two rungs",
         ),
+        (lambda d: d["tune"].update(proxy="none"), "tune.prescreen_keep needs tune.proxy 'kl'"),
+        (lambda d: d["tune"].update(prescreen_keep=0), "tune.prescreen_keep must be > 0 and <= 1, got 0"),
+        (lambda d: d["tune"].update(prescreen_keep=1.5), "tune.prescreen_keep must be > 0 and <= 1"),
         (lambda d: d["tune"].update(proxy="nope"), "tune.proxy"),
         (lambda d: d["tune"].update(rungs=[50, 25], limit=None), "strictly increasing"),
         (lambda d: d["tune"].update(rungs=[25, 50], limit=50), "set tune.rungs or tune.limit"),

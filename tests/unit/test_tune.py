@@ -133,3 +133,96 @@ def test_the_proxy_rung_adds_a_rung_and_a_stopped_trial_has_no_recovery():
     )
     row = _trial_row(cr, done, 200)
     assert row["recovery_pct"] == 97.5 and row["rung_recovery_pct"] == [97.5] and not row["stopped_early"]
+
+
+def test_a_prescreen_scores_only_the_lowest_kl_recipes_and_keeps_one_trial_per_recipe(tmp_path):
+    from dataclasses import dataclass, field
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from cluster.config.schema import QualityGate
+    from cluster.stages.tune import _trial_row
+    from cluster.stages.tuneproxy import prescreen, proxy_report
+
+    @dataclass(frozen=True)
+    class Setup:  # TrialSetup's two prescreen fields
+        screen: bool = False
+        screened: dict = field(default_factory=dict)
+
+    def result(trial, config, metrics, history):
+        return SimpleNamespace(
+            metrics={**metrics, "trial_id": trial},
+            metrics_dataframe=pd.DataFrame(history),
+            error=None,
+            config=config,
+            path=f"/x/{trial}",
+        )
+
+    kls = {32: 0.5, 64: 0.1, 128: 0.3, 256: 0.2}
+    figures = {
+        g: {
+            "kl_mean": k,
+            "kl_p99": k,
+            "top1_agreement": 0.9,
+            "ppl": 2.0,
+            "ppl_baseline": 2.0,
+            "ppl_ratio": 1.0,
+            "tokens": 10,
+            "top_k": 5,
+            "exact": True,
+        }
+        for g, k in kls.items()
+    }
+    calls = []
+
+    def fit(setup, path, points):
+        calls.append((setup, path, points))
+        if setup.screen:  # one report each: the proxy rung, then done
+            reports = [
+                proxy_report(figures[g], {"key": f"k{g}", "rtn_fallback_modules": []}, 3.0) for g in kls
+            ]
+            return [result(f"s{g}", {"group_size": g}, r, [r]) for g, r in zip(kls, reports, strict=True)]
+        out = []
+        for p in points:
+            g = p["group_size"]
+            done = {
+                "rung": 1,
+                "budget": 100,
+                "recovery": 90.0 + g / 100,
+                "score": 0.5,
+                "baseline_score": 0.55,
+                "artifact_key": f"k{g}",
+                "rtn_fallback_modules": [],
+                "wall_s": 20.0,
+                "proxy": setup.screened[f"k{g}"],
+            }
+            out.append(result(f"f{g}", p, done, [done]))
+        return out
+
+    t = TuneStage(
+        scheduler="fifo", proxy="kl", prescreen_keep=0.5, limit=100, space={"group_size": list(kls)}
+    )
+    env = SimpleNamespace(
+        sweep=SimpleNamespace(name="s", tune=t, quantize=SimpleNamespace(quality=QualityGate()))
+    )
+    cr = SimpleNamespace(
+        env=env, cell=SimpleNamespace(model="m", format="w4a16-int"), report=lambda text: None
+    )
+    results, walls, proxies = prescreen(cr, Setup(), tmp_path, fit)
+
+    (screen, screen_path, none), (scoring, scoring_path, points) = calls
+    assert screen.screen and screen_path == tmp_path / "screen" and none is None
+    assert points == [{"group_size": 64}, {"group_size": 256}]  # the two lowest KLs, best first
+    assert set(scoring.screened) == {"k64", "k256"} and not scoring.screen and scoring_path == tmp_path
+    rows = [_trial_row(cr, r, 100) for r in results]
+    for row, (trial, wall) in zip(rows, walls, strict=True):
+        row.update(trial_id=trial, wall_s=row["wall_s"] + wall)
+    by_group = {dict(r["params"])["group_size"]: r for r in rows}
+    assert [r["trial_id"] for r in rows] == ["s32", "s64", "s128", "s256"]  # a recipe is one trial
+    assert by_group["64"]["recovery_pct"] == 90.64 and by_group["64"]["wall_s"] == 23.0
+    assert by_group["64"]["rung_recovery_pct"] == [90.64] and by_group["64"]["proxy_kl"] == 0.1
+    for g in ("32", "128"):  # screened out: no recovery, the screen's time only
+        assert by_group[g]["recovery_pct"] is None and by_group[g]["stopped_early"]
+        assert by_group[g]["rung_recovery_pct"] == [] and by_group[g]["wall_s"] == 3.0
+    assert sorted(p["trial_id"] for p in proxies) == ["s128", "s256", "s32", "s64"]
