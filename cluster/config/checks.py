@@ -248,6 +248,8 @@ def _check_run(sweep: C.SweepConfig, source: str) -> None:
     _bound(source, "quantize.quality.tokens", g.tokens, 1)
     _bound(source, "quantize.quality.seq_len", g.seq_len, 2)
     _bound(source, "quantize.quality.top_k", g.top_k, 1)
+    _bound(source, "quantize.quality.vllm_top_k", g.vllm_top_k, 1, 20)  # vLLM's max_logprobs
+    choice(g.backend, ("auto", "transformers", "vllm"), source, "quantize.quality.backend")
     _bound(source, "quantize.quality.default_max_kl", g.default_max_kl, 0)
     for fmt, limit in g.max_kl.items():
         _bound(source, f"quantize.quality.max_kl.{fmt}", limit, 0)
@@ -412,6 +414,14 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     choice(t.proxy, ("none", "kl"), source, "tune.proxy")
     if t.proxy == "kl" and not sweep.quantize.quality.enabled:
         raise ConfigError(f"{source}: tune.proxy 'kl' needs quantize.quality.enabled (the gate measures it)")
+    engine_gated = [
+        m for m in sweep.models if sweep.quantize.quality.backend_for(catalog.models[m].params_b) == "vllm"
+    ]
+    if t.proxy == "kl" and engine_gated:
+        raise ConfigError(
+            f"{source}: tune.proxy 'kl' is measured before a trial starts an engine (a transformers forward), "
+            f"but quantize.quality gates {', '.join(engine_gated)} through vLLM (backend, max_params_b)"
+        )
     if t.prescreen_keep is not None:
         if t.proxy != "kl":
             raise ConfigError(f"{source}: tune.prescreen_keep needs tune.proxy 'kl' (the screen's measure)")

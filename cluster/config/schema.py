@@ -185,7 +185,20 @@ class QualityGate:
     )
     default_max_kl: float = 1.5
     enforce: bool = True  # false: record and flag, but evaluate and serve a failing checkpoint anyway
-    max_params_b: float = 20.0  # larger models are not gated (a full fp32 forward on one node)
+    # Who computes the distributions. auto: transformers' fp32 forward (full vocabulary) up to
+    # max_params_b, above it the health check's own vLLM engine (`vllm_top_k` log-probabilities per
+    # token, so KL is a lower bound: cluster/quant/quality.py); transformers; vllm.
+    backend: str = "auto"
+    max_params_b: float = 20.0
+    vllm_top_k: int = 20  # at most vLLM's max_logprobs (20, the engines' default)
+
+    def backend_for(self, params_b: float) -> str | None:
+        """Who computes the distributions for a model of `params_b` billion parameters (None: off)."""
+        if not self.enabled:
+            return None
+        if self.backend == "auto":
+            return "transformers" if params_b <= self.max_params_b else "vllm"
+        return self.backend
 
 
 @dataclass

@@ -79,6 +79,26 @@ class EngineHost:
             result.append({"text": gen.text, "tokens": len(gen.token_ids), "logprobs": lps})
         return result
 
+    def prompt_logprobs(
+        self, seqs: list[list[int]], k: int
+    ) -> list[list[tuple[list[int], list[float], float]]]:
+        """Per sequence, per token after the first: the engine's k most likely ids and their
+        log-probabilities (most likely first), and the log-probability of the token that came."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=k)
+        outs = self.lm.model.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in seqs], params, use_tqdm=False
+        )
+        result = []
+        for ids, out in zip(seqs, outs, strict=True):
+            rows = []
+            for token, lps in zip(ids[1:], (out.prompt_logprobs or [])[1:], strict=True):
+                top = sorted(lps.items(), key=lambda kv: -kv[1].logprob)[:k]
+                rows.append(([t for t, _ in top], [lp.logprob for _, lp in top], lps[token].logprob))
+            result.append(rows)
+        return result
+
     def pid(self) -> int:
         """The host's process id (tests kill hosts by it)."""
         return os.getpid()

@@ -95,6 +95,10 @@ class Cell:
     status: str = "planned"  # planned | skipped
     reason: str = ""  # why skipped
     route: str = ""  # evaluate/generate/health: how the checkpoint is scored here (kernel | dequantized)
+    # A session of its own beside the checkpoint's usual one (cluster.plan.cost.session_of): the
+    # baseline's health cell when it computes the engine gate's side, so the other formats' health
+    # cells wait for its probe only, not for the whole evaluation session that would follow it.
+    session: str = ""
 
     @property
     def detail(self) -> str:
@@ -248,16 +252,23 @@ class _Planner:
         probe = self.sweep.quantize.health_probe
         gate = asdict(self.sweep.quantize.quality)
         key = content_key("health", q.key, probe, gate, asdict(self.sweep.engine), versions(EVAL_TOOLS))
+        deps: tuple[str, ...] = (q.key,)
+        engine_gate = self.sweep.quantize.quality.backend_for(self.catalog.models[m].params_b) == "vllm"
+        if engine_gate and f != self.sweep.baseline:  # the baseline's engine computes the side compared with
+            deps += (self.get("health", m, self.sweep.baseline).key,)
+            key = content_key(key, deps)
+        session = "gate" if engine_gate and f == self.sweep.baseline else ""
         self.add(
             Cell(
                 "health",
                 m,
                 f,
                 key=key,
-                deps=(q.key,),
+                deps=deps,
                 resources=self.engines(m, f),
                 route=q.route,
                 reason=q.reason,
+                session=session,
             )
         )
 

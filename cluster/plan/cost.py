@@ -148,7 +148,7 @@ def session_of(cell: Cell) -> tuple[str, ...] | None:
     """The session a cell shares (None: it runs alone): a checkpoint's engines, or its Serve app."""
     kind = SESSION_STAGES.get(cell.stage)
     if kind == "engines":
-        return ("engines", cell.model, cell.format)
+        return ("engines", cell.model, cell.format) + ((cell.session,) if cell.session else ())
     if kind == "serve":
         return ("serve", cell.model, cell.format, cell.hardware)
     return None

@@ -13,6 +13,13 @@ per token plus one bucket for the rest of the vocabulary; KL over that partition
 at least the vocabulary and otherwise a lower bound (the data-processing inequality), tight when the
 tail mass is small. Scored tokens: every token after the first of a plain text; only the completion's
 tokens of a prompt/completion pair (a model trained on answers alone has nothing to say about questions).
+
+Models too large for an fp32 forward on one node (`max_params_b`, or `backend: vllm`) are measured by
+the health cell's own vLLM engine instead: its prompt log-probabilities give each model's top k per
+token (k = `vllm_top_k`, at most the engine's `max_logprobs`) and the true token's. KL then runs over
+the baseline's top ids that the checkpoint's top k also holds, everything else one bucket: a lower
+bound again (the checkpoint's mass on a baseline id outside its own top k is not known, so that id
+joins the bucket), while top-1 agreement and perplexity are as exact as with full distributions.
 """
 
 from __future__ import annotations
@@ -171,24 +178,80 @@ def compare(base: dict[str, Any], model: Any, seqs: list[tuple[list[int], list[b
     if not torch.isfinite(logp).all():
         return figures_failed("non-finite log-probabilities", len(targets))
     b_top, ids = base["top_logp"], base["top_ids"]
-    q_top = logp.gather(1, ids)
-    b_rest = (1 - b_top.exp().sum(-1)).clamp(min=0)
-    q_rest = (1 - q_top.exp().sum(-1)).clamp(min=1e-12)
-    kl = (b_top.exp() * (b_top - q_top)).sum(-1)
+    kl = partition_kl(b_top, logp.gather(1, ids), torch.ones_like(b_top, dtype=torch.bool))
+    nll_q = -logp.gather(1, targets[:, None])[:, 0]
+    return _figures(kl, logp.argmax(-1) == ids[:, 0], nll_q, base, exact=bool(ids.shape[1] >= base["vocab"]))
+
+
+def partition_kl(b_top: Any, q_at: Any, known: Any) -> Any:
+    """Per token, KL(baseline || checkpoint) over the partition {each known id of the baseline's top k,
+    the rest of the vocabulary}: exact when the known ids cover the vocabulary, else a lower bound
+    (merging outcomes never increases a divergence). `q_at`: the checkpoint's log-probabilities at
+    the baseline's top ids (any value where not `known`)."""
+    import torch
+
+    p = torch.where(known, b_top.exp(), 0.0)
+    q = torch.where(known, q_at.exp(), 0.0)
+    b_rest = (1 - p.sum(-1)).clamp(min=0)
+    q_rest = (1 - q.sum(-1)).clamp(min=1e-12)
+    kl = torch.where(known, p * (b_top - q_at), 0.0).sum(-1)
     kl = kl + torch.where(b_rest > 1e-9, b_rest * (b_rest.clamp(min=1e-12).log() - q_rest.log()), 0.0)
-    kl = kl.clamp(min=0)
-    nll_q, nll_b = -logp.gather(1, targets[:, None])[:, 0], -base["target_logp"]
+    return kl.clamp(min=0)
+
+
+def _figures(kl: Any, agree: Any, nll_q: Any, base: dict[str, Any], exact: bool) -> dict[str, Any]:
+    nll_b = -base["target_logp"]
     return {
         "kl_mean": float(kl.mean()),
         "kl_p99": float(kl.quantile(0.99)) if len(kl) > 1 else float(kl.max()),
-        "top1_agreement": float((logp.argmax(-1) == ids[:, 0]).float().mean()),
+        "top1_agreement": float(agree.float().mean()),
         "ppl": math.exp(float(nll_q.mean())),
         "ppl_baseline": math.exp(float(nll_b.mean())),
         "ppl_ratio": math.exp(float(nll_q.mean() - nll_b.mean())),
-        "tokens": int(len(targets)),
-        "top_k": int(ids.shape[1]),
-        "exact": bool(ids.shape[1] >= base["vocab"]),
+        "tokens": int(len(nll_q)),
+        "top_k": int(base["top_ids"].shape[1]),
+        "exact": exact,
     }
+
+
+def engine_side(
+    rows: list[list[tuple[list[int], list[float], float]]], seqs: list[tuple[list[int], list[bool]]]
+) -> dict[str, Any]:
+    """A side from an engine's prompt log-probabilities (`EngineHost.prompt_logprobs`): its top k per
+    scored token, the true tokens and theirs. The vocabulary is unknown (0): never exact."""
+    import torch
+
+    picked = [
+        row
+        for (ids, marks), per in zip(seqs, rows, strict=True)
+        for row, m in zip(per, marks, strict=True)
+        if m
+    ]
+    k = min(len(r[0]) for r in picked)
+    return {
+        "top_ids": torch.tensor([r[0][:k] for r in picked]),
+        "top_logp": torch.tensor([r[1][:k] for r in picked], dtype=torch.float32),
+        "target_logp": torch.tensor([r[2] for r in picked], dtype=torch.float32),
+        "targets": torch.tensor([ids[i + 1] for ids, marks in seqs for i, m in enumerate(marks) if m]),
+        "vocab": 0,
+    }
+
+
+def compare_sides(base: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    """The gate's figures from two engine sides (top k each): KL over the baseline's top ids that the
+    checkpoint's top k also holds, the rest one bucket, a lower bound; top-1 agreement and perplexity
+    as exact as with full distributions."""
+    import torch
+
+    if not torch.equal(mine["targets"], base["targets"]):
+        raise RuntimeError("the checkpoint's tokens differ from the baseline's on the held-out text")
+    if not torch.isfinite(mine["target_logp"]).all():
+        return figures_failed("non-finite log-probabilities", len(mine["targets"]))
+    same = base["top_ids"][:, :, None] == mine["top_ids"][:, None, :]  # [n, k, k']
+    q_at = torch.where(same, mine["top_logp"][:, None, :], -torch.inf).amax(-1)
+    kl = partition_kl(base["top_logp"], q_at, same.any(-1))
+    agree = mine["top_ids"][:, 0] == base["top_ids"][:, 0]
+    return _figures(kl, agree, -mine["target_logp"], base, exact=False)
 
 
 def figures_failed(why: str, tokens: int) -> dict[str, Any]:
@@ -217,10 +280,8 @@ def text_set_key(records: list[Record], tokens: int, seq_len: int, top_k: int) -
     return h.hexdigest()[:16]
 
 
-def cached_baseline(
-    cache: Path, identity: str, base_path: str, seqs: list[tuple[list[int], list[bool]]], key: str, top_k: int
-) -> dict[str, Any]:
-    """The baseline's side for (model identity, text set), computed once; written atomically."""
+def cached_baseline(cache: Path, identity: str, key: str, compute: Any) -> dict[str, Any]:
+    """The baseline's side for (model identity, text set), computed once by `compute()`; written atomically."""
     import os
 
     import torch
@@ -229,7 +290,7 @@ def cached_baseline(
     path = cache / f"{name}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    side = baseline(load(base_path), seqs, top_k)
+    side = compute()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(side, tmp)
@@ -273,22 +334,57 @@ def baseline_figures(side: dict[str, Any]) -> dict[str, Any]:
         "ppl_ratio": 1.0,
         "tokens": n,
         "top_k": int(side["top_ids"].shape[1]),
-        "exact": bool(side["top_ids"].shape[1] >= side["vocab"]),
+        "exact": bool(0 < side["vocab"] <= side["top_ids"].shape[1]),
     }
+
+
+def _text_set(prepared: dict[str, Any], cfg: Any, builder: str | None, top_k: int) -> tuple[list, str]:
+    """The held-out sequences for this model's tokenizer, and the cache key of a side computed on them."""
+    from transformers import AutoTokenizer
+
+    records = records_for(cfg.texts, builder, cfg.tokens)
+    tokenizer = AutoTokenizer.from_pretrained(prepared["path"])
+    return encode(tokenizer, records, cfg.tokens, cfg.seq_len), text_set_key(
+        records, cfg.tokens, cfg.seq_len, top_k
+    )
+
+
+def measure_on_engine(
+    prepared: dict[str, Any], logprobs: Any, is_base: bool, cfg: Any, builder: str | None, cache_root: Path
+) -> dict[str, Any]:
+    """The gate's figures from the health check's vLLM engine (models too large for a transformers
+    forward on one node). `logprobs(seqs, k)` is the loaded engine's `EngineHost.prompt_logprobs`.
+    The baseline's health cell computes and caches the baseline's side; the other formats' health
+    cells depend on it (cluster.plan.cells) and read it."""
+    seqs, key = _text_set(prepared, cfg, builder, cfg.vllm_top_k)
+    key += "-vllm"
+
+    def mine() -> dict[str, Any]:
+        return engine_side(logprobs([ids for ids, _ in seqs], cfg.vllm_top_k), seqs)
+
+    if is_base:
+        return baseline_figures(cached_baseline(cache_root / "quality", prepared["identity"], key, mine))
+
+    def missing() -> dict[str, Any]:
+        raise RuntimeError("the baseline's side is not cached: its health cell has not run on this storage")
+
+    try:
+        side = cached_baseline(cache_root / "quality", prepared["identity"], key, missing)
+    except RuntimeError as e:
+        return figures_failed(str(e), 0)
+    return compare_sides(side, mine())
 
 
 def measure(
     prepared: dict[str, Any], path: str, is_base: bool, cfg: Any, builder: str | None, cache_root: Path
 ) -> dict[str, Any]:
     """The gate's figures for the checkpoint at `path` (`prepared`: the prepare stage's outputs)."""
-    from transformers import AutoTokenizer
-
-    records = records_for(cfg.texts, builder, cfg.tokens)
-    tokenizer = AutoTokenizer.from_pretrained(prepared["path"])
-    seqs = encode(tokenizer, records, cfg.tokens, cfg.seq_len)
-    key = text_set_key(records, cfg.tokens, cfg.seq_len, cfg.top_k)
+    seqs, key = _text_set(prepared, cfg, builder, cfg.top_k)
     side = cached_baseline(
-        cache_root / "quality", prepared["identity"], prepared["path"], seqs, key, cfg.top_k
+        cache_root / "quality",
+        prepared["identity"],
+        key,
+        lambda: baseline(load(prepared["path"]), seqs, cfg.top_k),
     )
     if is_base:
         return baseline_figures(side)

@@ -23,7 +23,7 @@ from cluster.run.env import RunEnv
 def session_key(cell: Cell, kind: str, gpu: bool) -> str:
     """Cells with the same key share a session."""
     if kind == "engines":
-        return f"engines:{cell.model}:{cell.format}"
+        return f"engines:{cell.model}:{cell.format}" + (f":{cell.session}" if cell.session else "")
     return f"serve:{cell.model}:{cell.format if gpu else '*'}:{cell.hardware}"
 
 

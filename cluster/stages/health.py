@@ -108,15 +108,37 @@ def _quality(cr: CellRun, q: dict[str, Any]) -> tuple[dict[str, Any] | None, str
     """The gate's figures (None: not gated) and its failure (None: passed, or not enforced)."""
     env, cell = cr.env, cr.cell
     cfg, model = env.sweep.quantize.quality, env.catalog.models[cell.model]
-    if not cfg.enabled or model.params_b > cfg.max_params_b or not q.get("path"):
+    backend = cfg.backend_for(model.params_b)
+    if backend is None or not q.get("path"):
         return None, None
-    cr.report("quality gate: next-token distributions vs the baseline on held-out text")
-    torch_threads(cr)
-    figures = quality.measure(
-        q["prepared"], q["path"], q.get("weights") == "base", cfg, model.builder, Path(env.root) / "cache"
-    )
+    cr.report(f"quality gate ({backend}): next-token distributions vs the baseline on held-out text")
+    is_base, cache = q.get("weights") == "base", Path(env.root) / "cache"
+    if backend == "vllm":
+        figures = _engine_figures(cr, q, is_base, cache)
+    else:
+        torch_threads(cr)
+        figures = quality.measure(q["prepared"], q["path"], is_base, cfg, model.builder, cache)
     failure = quality.gate(figures, cfg.max_kl.get(cell.format, cfg.default_max_kl))
     return figures, failure if cfg.enforce else None
+
+
+def _engine_figures(cr: CellRun, q: dict[str, Any], is_base: bool, cache: Path) -> dict[str, Any]:
+    """The gate's figures from this cell's own vLLM engine (top-k log-probabilities)."""
+    import ray
+
+    loaded = load_on_hosts(cr.session, q["eval_path"], engine_kwargs(cr))
+    if not loaded["ok"]:
+        return quality.figures_failed(f"vLLM cannot load the checkpoint ({loaded['error']})", 0)
+    host = cr.session[0]
+    cfg, builder = cr.env.sweep.quantize.quality, cr.env.catalog.models[cr.cell.model].builder
+    return quality.measure_on_engine(
+        q["prepared"],
+        lambda seqs, k: ray.get(host.prompt_logprobs.remote(seqs, k)),
+        is_base,
+        cfg,
+        builder,
+        cache,
+    )
 
 
 def proxy_row(

@@ -83,13 +83,18 @@ def _plant_wrong_smoothing(good: Path, broken: Path, factors: dict[int, torch.Te
     save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
 
 
+@pytest.fixture(scope="module")
+def broken(int8, organism_assets, tmp_path_factory):
+    texts = [r.prompt + r.completion for r in quality.builtin_records("organism", 64)]
+    out = tmp_path_factory.mktemp("gate") / "broken"
+    _plant_wrong_smoothing(int8[1], out, _smoothing_factors(organism_assets.model_dir, texts))
+    return out
+
+
 def test_gate_flags_a_planted_broken_checkpoint_that_vllm_serves(
-    int8, organism_assets, cpu_hosts, ray_local, tmp_path
+    int8, broken, organism_assets, cpu_hosts, ray_local, tmp_path
 ):
     recipe, good = int8
-    texts = [r.prompt + r.completion for r in quality.builtin_records("organism", 64)]
-    broken = tmp_path / "broken"
-    _plant_wrong_smoothing(good, broken, _smoothing_factors(organism_assets.model_dir, texts))
     assert health.config_mismatches(recipe, broken) == []  # the config check cannot see it
 
     host = cpu_hosts[0]
@@ -114,3 +119,42 @@ def test_gate_flags_a_planted_broken_checkpoint_that_vllm_serves(
     )
     name, detail = health.verdict([], [], {"ok": True, "text": out["text"]}, failure)
     assert name == "quality_failed" and f"{bad_figs['kl_mean']:.4g}" in detail
+
+
+def test_the_engine_gate_bounds_the_exact_kl_from_below_and_flags_the_planted_fault(
+    int8, broken, organism_assets, cpu_hosts, ray_local, tmp_path
+):
+    """Models too large for a transformers forward are gated through vLLM's top-k prompt
+    log-probabilities: KL over the shared top ids plus one bucket is a lower bound of the exact KL."""
+    good = int8[1]
+    host = cpu_hosts[0]
+
+    def engine(path):
+        assert ray_local.get(host.load.remote(str(path), lm_kwargs(max_model_len=512)))["ok"]
+        return lambda seqs, k: ray_local.get(host.prompt_logprobs.remote(seqs, k))
+
+    cfg = QualityGate(backend="vllm", vllm_top_k=20)
+    prepared = {"path": str(organism_assets.model_dir), "identity": f"tiny:{organism_assets.root.name}"}
+    cache = tmp_path / "cache"
+    never = lambda seqs, k: pytest.fail("the engine was queried with no baseline to compare with")  # noqa: E731
+    early = quality.measure_on_engine(prepared, never, False, cfg, "organism", cache)
+    assert "baseline's side is not cached" in early["error"]  # the baseline's health cell runs first
+    base = quality.measure_on_engine(
+        prepared, engine(organism_assets.model_dir), True, cfg, "organism", cache
+    )
+    mine = quality.measure_on_engine(prepared, engine(good), False, cfg, "organism", cache)
+    bad = quality.measure_on_engine(prepared, engine(broken), False, cfg, "organism", cache)
+    exact = quality.measure(prepared, str(good), False, QualityGate(), "organism", tmp_path / "exact")
+    print(
+        f"engine gate: good {quality.describe(mine)}; broken {quality.describe(bad)}; exact {quality.describe(exact)}"
+    )
+    assert base["kl_mean"] == 0 and not base["exact"] and base["top_k"] == 20
+    assert mine["tokens"] == exact["tokens"] == cfg.tokens and not mine["exact"] and mine["top_k"] == 20
+    assert (
+        0.5 * exact["kl_mean"] < mine["kl_mean"] < 1.2 * exact["kl_mean"]
+    )  # engine numerics differ a little
+    assert abs(mine["top1_agreement"] - exact["top1_agreement"]) < 0.05
+    assert mine["ppl_ratio"] == pytest.approx(exact["ppl_ratio"], rel=0.05)
+    limit = cfg.max_kl["w8a8-int"]
+    assert quality.gate(mine, limit) is None
+    assert quality.gate(bad, limit) and bad["kl_mean"] > 3 * mine["kl_mean"]

@@ -104,6 +104,14 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
             "'asha' needs at least two rungs",
         ),
         (lambda d: d["tune"].update(proxy="none"), "tune.prescreen_keep needs tune.proxy 'kl'"),
+        (
+            lambda d: d.setdefault("quantize", {}).setdefault("quality", {}).update(backend="vllm"),
+            "tune.proxy 'kl' is measured before a trial starts an engine",
+        ),
+        (
+            lambda d: d.setdefault("quantize", {}).setdefault("quality", {}).update(backend="gpu"),
+            "quantize.quality.backend 'gpu' is not one of",
+        ),
         (lambda d: d["tune"].update(prescreen_keep=0), "tune.prescreen_keep must be > 0 and <= 1, got 0"),
         (lambda d: d["tune"].update(prescreen_keep=1.5), "tune.prescreen_keep must be > 0 and <= 1"),
         (lambda d: d["tune"].update(proxy="nope"), "tune.proxy"),

@@ -109,3 +109,27 @@ def test_a_changed_suite_setting_reruns_evaluations_not_quantization():
     b = {(c.stage, c.format): c.key for c in _cells(overrides=["eval.limit=20"])}
     assert all(a[k] == b[k] for k in a if k[0] in ("prepare", "quantize", "health", "loadtest"))
     assert all(a[k] != b[k] for k in a if k[0] in ("evaluate", "recovery"))
+
+
+def test_large_models_health_cells_wait_for_the_baselines_engine_gate():
+    sweep, cat = load_sweep(REPO / "sweeps" / "full_family.yaml")
+    cells = plan(sweep, cat, AMX)
+    key = {(c.stage, c.model, c.format): c.key for c in cells if c.stage in ("quantize", "health")}
+    health = [c for c in cells if c.stage == "health" and c.format != "bf16"]
+    for c in health:  # 8B: a transformers forward; 70B, 405B: compared with the baseline's vLLM side
+        engine_gated = cat.models[c.model].params_b > sweep.quantize.quality.max_params_b
+        expected = {key[("quantize", c.model, c.format)]}
+        expected |= {key[("health", c.model, "bf16")]} if engine_gated else set()
+        assert set(c.deps) == expected, c.label
+    assert sum(len(c.deps) == 2 for c in health) == 6  # 70B and 405B x three formats
+    from cluster.plan.cost import session_of
+
+    for c in cells:  # the gate's baseline opens engines of its own: the evaluations do not hold them up
+        if c.format == "bf16" and c.stage == "health":
+            engine_gated = cat.models[c.model].params_b > sweep.quantize.quality.max_params_b
+            assert (session_of(c)[-1] == "gate") == engine_gated and (c.session == "gate") == engine_gated
+    engine = ["quantize.quality.backend=vllm", "tune.proxy=none", "tune.prescreen_keep=null"]
+    small = {(c.stage, c.format): c for c in _cells(overrides=engine)}
+    default = {(c.stage, c.format): c for c in _cells()}
+    assert small[("health", "bf16")].key in small[("health", "w8a8-int")].deps
+    assert small[("health", "w8a8-int")].key != default[("health", "w8a8-int")].key

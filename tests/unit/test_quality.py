@@ -72,6 +72,52 @@ def test_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_when_truncated(
     assert same["kl_mean"] == pytest.approx(0, abs=1e-6) and same["top1_agreement"] == 1.0
 
 
+def _engine_rows(logits: torch.Tensor, seqs, k: int):
+    """What `EngineHost.prompt_logprobs` returns for a model whose next-token logits are `logits[token]`."""
+    rows = []
+    for ids, _ in seqs:
+        per = []
+        for prev, token in zip(ids[:-1], ids[1:], strict=True):
+            lp = torch.log_softmax(logits[prev], -1)
+            top = lp.topk(k)
+            per.append((top.indices.tolist(), top.values.tolist(), float(lp[token])))
+        rows.append(per)
+    return rows
+
+
+def test_engine_top_k_sides_give_a_lower_bound_of_kl_and_exact_top1_and_perplexity():
+    torch.manual_seed(1)
+    vocab = 40
+    base, other = torch.randn(vocab, vocab) * 2, torch.randn(vocab, vocab) * 2
+    seqs = [([1, 5, 7, 9, 3, 2], [False, True, True, True, True]), ([4, 8, 6], [True, True])]
+    exact = quality.compare(quality.baseline(_Fixed(base), seqs, top_k=vocab), _Fixed(other), seqs)
+    b_side = quality.engine_side(_engine_rows(base, seqs, 8), seqs)
+    assert b_side["targets"].tolist() == [7, 9, 3, 2, 8, 6]  # the marked predictions only
+    got = quality.compare_sides(b_side, quality.engine_side(_engine_rows(other, seqs, 8), seqs))
+    assert not got["exact"] and got["top_k"] == 8 and got["tokens"] == 6
+    assert 0 <= got["kl_mean"] <= exact["kl_mean"] + 1e-6
+    assert got["top1_agreement"] == pytest.approx(exact["top1_agreement"])
+    assert got["ppl"] == pytest.approx(exact["ppl"], rel=1e-5)
+    assert got["ppl_ratio"] == pytest.approx(exact["ppl_ratio"], rel=1e-5)
+    whole = quality.compare_sides(
+        quality.engine_side(_engine_rows(base, seqs, vocab), seqs),
+        quality.engine_side(_engine_rows(other, seqs, vocab), seqs),
+    )
+    assert whole["kl_mean"] == pytest.approx(exact["kl_mean"], rel=1e-5)  # k = vocabulary: exact again
+    same = quality.compare_sides(b_side, quality.engine_side(_engine_rows(base, seqs, 8), seqs))
+    assert same["kl_mean"] == pytest.approx(0, abs=1e-6) and same["top1_agreement"] == 1.0
+    assert quality.baseline_figures(b_side)["exact"] is False
+
+
+def test_large_models_are_gated_through_the_engine_after_the_baseline():
+    from cluster.config.schema import QualityGate
+
+    gate = QualityGate()
+    assert gate.backend_for(8) == "transformers" and gate.backend_for(70) == "vllm"
+    assert QualityGate(backend="vllm").backend_for(0.1) == "vllm"
+    assert QualityGate(enabled=False).backend_for(70) is None
+
+
 def test_gate_fails_above_the_threshold_with_the_figures_and_outranks_fallbacks():
     figs = {"kl_mean": 2.5, "top1_agreement": 0.4, "ppl_ratio": 9.0, "tokens": 3000}
     why = quality.gate(figs, 0.5)
