@@ -36,11 +36,15 @@ from cluster.store.schemas import CATALOG
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    # Known failure, issue #12 left open: on this 2-core machine the resubmitted job's Serve
-    # deployment stayed "deploying" for 8-12 minutes after a driver killed mid-run (seen in three
-    # runs on 2026-12-01), so the job never finishes within the suite's budget. Not yet understood;
-    # the embedded demo's Serve stage (tests/e2e/test_smoke_sweep.py) passes.
-    pytest.mark.skip(reason="resubmitted job's Serve deployment hangs on this machine (issue #12, open)"),
+    # Known failure, issue #12 left open. Run again on 2026-12-01 (fourth time): the kill and the
+    # resume worked (the first evaluation committed, the resubmitted job finished every evaluation),
+    # but the executor leaves concurrency to Ray on a cluster and CPU engine hosts ask Ray for no CPU,
+    # so the job ran five engine hosts, two Serve replicas and the tuning search at once on 2 cores
+    # (load average 20-26) and the Serve app was not ready within 600 s (both load-test cells
+    # failed). Not a Serve hang: starvation. Needs CPU slots per engine on CPU clusters.
+    pytest.mark.skip(
+        reason="CPU engines on a `ray start` cluster run unthrottled on 2 cores (issue #12, open)"
+    ),
 ]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
