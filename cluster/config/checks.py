@@ -414,9 +414,8 @@ def _check_tune(sweep: C.SweepConfig, catalog: Catalog, source: str) -> None:
     choice(t.proxy, ("none", "kl"), source, "tune.proxy")
     if t.proxy == "kl" and not sweep.quantize.quality.enabled:
         raise ConfigError(f"{source}: tune.proxy 'kl' needs quantize.quality.enabled (the gate measures it)")
-    engine_gated = [
-        m for m in sweep.models if sweep.quantize.quality.backend_for(catalog.models[m].params_b) == "vllm"
-    ]
+    gate = sweep.quantize.quality
+    engine_gated = [m for m in sweep.models if gate.backend_for(catalog.models[m].params_b) == "vllm"]
     if t.proxy == "kl" and engine_gated:
         raise ConfigError(
             f"{source}: tune.proxy 'kl' is measured before a trial starts an engine (a transformers forward), "

@@ -293,9 +293,9 @@ class TuneStage:
     # kl: ASHA's first rung is the quality gate's KL vs the baseline, measured right after quantizing,
     # so a trial it stops never starts an engine (cluster/stages/tuneproxy.py); none: benchmark rungs only
     proxy: str = "none"
-    # With proxy kl: screen every recipe on the proxy first (quantize + KL, no engine) and run only the
-    # best round(recipes x prescreen_keep), at least one, on the benchmark rungs (async ASHA's first rung would let the first trials through
-    # whatever their KL); None: the proxy is ASHA's first rung.
+    # With proxy kl: screen every recipe on the proxy first (quantize + KL, no engine) and run only
+    # the best round(recipes x prescreen_keep), at least one, on the benchmark rungs (async ASHA's
+    # first rung would let the first trials through whatever their KL); None: KL is ASHA's first rung.
     prescreen_keep: float | None = None
     reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
     num_samples: int = 1  # trials (grid: repeats of the grid)

@@ -280,8 +280,9 @@ def text_set_key(records: list[Record], tokens: int, seq_len: int, top_k: int) -
     return h.hexdigest()[:16]
 
 
-def cached_baseline(cache: Path, identity: str, key: str, compute: Any) -> dict[str, Any]:
-    """The baseline's side for (model identity, text set), computed once by `compute()`; written atomically."""
+def cached_baseline(cache: Path, identity: str, key: str, compute: Any) -> dict[str, Any] | None:
+    """The baseline's side for (model identity, text set), computed once by `compute()` and written
+    atomically; with `compute` None, only read (None when not cached)."""
     import os
 
     import torch
@@ -290,6 +291,8 @@ def cached_baseline(cache: Path, identity: str, key: str, compute: Any) -> dict[
     path = cache / f"{name}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
+    if compute is None:
+        return None
     side = compute()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -362,17 +365,12 @@ def measure_on_engine(
     def mine() -> dict[str, Any]:
         return engine_side(logprobs([ids for ids, _ in seqs], cfg.vllm_top_k), seqs)
 
-    if is_base:
-        return baseline_figures(cached_baseline(cache_root / "quality", prepared["identity"], key, mine))
-
-    def missing() -> dict[str, Any]:
-        raise RuntimeError("the baseline's side is not cached: its health cell has not run on this storage")
-
-    try:
-        side = cached_baseline(cache_root / "quality", prepared["identity"], key, missing)
-    except RuntimeError as e:
-        return figures_failed(str(e), 0)
-    return compare_sides(side, mine())
+    side = cached_baseline(cache_root / "quality", prepared["identity"], key, mine if is_base else None)
+    if side is None:
+        return figures_failed(
+            "the baseline's side is not cached: its health cell has not run on this storage", 0
+        )
+    return baseline_figures(side) if is_base else compare_sides(side, mine())
 
 
 def measure(
@@ -386,6 +384,7 @@ def measure(
         key,
         lambda: baseline(load(prepared["path"]), seqs, cfg.top_k),
     )
+    assert side is not None  # computed when missing
     if is_base:
         return baseline_figures(side)
     try:
