@@ -68,9 +68,10 @@ class Executor:
         self.sessions: dict[str, Session] = {}
         self.attempts: dict[str, int] = {}
         self.pool = HostPool(env)
-        cores = env.host.cores
-        self.capacity = env.sweep.run.max_parallel or (10**6 if on_cluster else cores)
-        self.local = not on_cluster
+        # CPU engine hosts are pinned to this host's cores and ask Ray for none (engine_host.cpu_host),
+        # so on a cluster of CPU nodes too the executor counts what runs at once, up to the cores here.
+        self.local = not on_cluster or not env.gpu
+        self.capacity = env.sweep.run.max_parallel or (env.host.cores if self.local else 10**6)
         self.tally = Tally(total=len(cells))
         self.board = None
         self.last_line = 0.0

@@ -157,3 +157,27 @@ def test_plan_cluster_prints_costs_and_rejections_with_reasons(tmp_path, capsys)
         "accelerator_type 'A6000' is not one of conf/hardware.yaml's (A100, H100, RTX-A6000)"
         in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_a_cluster_of_cpu_engines_runs_no_more_at_once_than_the_cores(monkeypatch, gpu):
+    """CPU engine hosts ask Ray for no CPU (they are pinned to cores), so on a `ray start` cluster
+    of CPU nodes the executor counts them as it does on one host; on GPUs Ray's resources decide."""
+    from rich.console import Console
+
+    from cluster.config.loader import load_sweep
+    from cluster.plan.cells import plan
+    from cluster.run import executor
+    from cluster.run.env import RunEnv
+    from cluster.store.provenance import Provenance
+    from tests.helpers import host_profile
+
+    monkeypatch.setattr(executor, "for_cluster", lambda env, cells: None)  # no live Ray here
+    sweep, cat = load_sweep(REPO / "sweeps" / "smoke.yaml", [])
+    env = RunEnv(sweep, cat, "/nonexistent", host_profile(), Provenance("t", "t", 0), gpu=gpu)
+    cells = plan(sweep, cat, env.host)
+    ex = executor.Executor(env, cells, Console(), fresh=True, on_cluster=True)
+    for i in range(env.host.cores):  # one quantization per core already runs
+        ex.running[f"q{i}"] = executor._Running(cell(f"q{i}", gpus=0), 0.0)
+    assert ex._can_start(next(c for c in cells if c.stage == "quantize"), 1) is gpu
+    assert ex.capacity == (10**6 if gpu else env.host.cores)
