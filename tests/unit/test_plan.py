@@ -133,3 +133,25 @@ def test_large_models_health_cells_wait_for_the_baselines_engine_gate():
     default = {(c.stage, c.format): c for c in _cells()}
     assert small[("health", "bf16")].key in small[("health", "w8a8-int")].deps
     assert small[("health", "w8a8-int")].key != default[("health", "w8a8-int")].key
+
+
+def test_the_tuning_baseline_runs_with_the_baselines_own_parallelism():
+    """Tuning W8A8-INT on H100: the trials' engines are the tuned format's, the BF16 baseline's are
+    BF16's (70B BF16 does not fit one GPU; 405B BF16 spans two 8-GPU nodes), never the tuned one's."""
+    from cluster.run.env import RunEnv
+    from cluster.stages.tune import _engine_of
+    from cluster.store.provenance import Provenance
+
+    sweep, cat = load_sweep(
+        REPO / "sweeps" / "full_family.yaml", ["placement.cluster=conf/clusters/study.yaml"]
+    )
+    env = RunEnv(sweep, cat, "/nonexistent", AMX, Provenance("t", "t", 0), gpu=True)
+    tune = {c.model.split("-")[2]: c for c in plan(sweep, cat, AMX) if c.stage == "tune"}  # 8b, 70b, 405b
+    shapes = {b: (_engine_of(env, c, "w8a8-int"), _engine_of(env, c, "bf16")) for b, c in tune.items()}
+    assert shapes["8b"] == ((1, 1), (1, 1))
+    (tp70, pp70), (btp70, bpp70) = shapes["70b"]
+    assert btp70 * bpp70 > tp70 * pp70 and bpp70 == 1  # within one node, more GPUs than INT8's
+    assert shapes["405b"][1] == (8, 2)  # BF16 405B: tensor parallel 8 within a node, pipeline over two
+    assert shapes["405b"][0][0] * shapes["405b"][0][1] == 8
+    env_cpu = RunEnv(sweep, cat, "/nonexistent", AMX, Provenance("t", "t", 0), gpu=False)
+    assert _engine_of(env_cpu, tune["405b"], "bf16") == (1, 1)  # on CPU one in-process engine
