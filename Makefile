@@ -13,12 +13,14 @@ PYTEST_ARGS ?=
 TOOLS       := .venv-tools
 GUIDELLM    ?= guidellm==0.8.1
 
-.PHONY: demo test test-real test-fast lint lock lock-gpu bench tools browser clean
+.PHONY: demo test test-real test-cluster test-fast lint lock lock-gpu bench tools browser clean
 
 $(STAMP): $(LOCK) requirements/overrides.txt requirements/excludes.txt requirements/excludes-data.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(BIN)/uv pip sync $(UV_FLAGS) $(LOCK)
+	# compiled once here: where PYTHONDONTWRITEBYTECODE=1 (these machines) Python would otherwise compile
+	# vLLM, torch and transformers from source in every process (bench/engine_start.py)
+	$(BIN)/uv pip sync --compile-bytecode $(UV_FLAGS) $(LOCK)
 	$(BIN)/uv pip install $(UV_FLAGS) --no-deps -e .
 	$(BIN)/python -m serve.compat
 	touch $(STAMP)
@@ -31,6 +33,9 @@ test: $(STAMP) browser
 
 test-real: $(STAMP)
 	$(BIN)/python -m pytest -m real $(PYTEST_ARGS)
+
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "unit" $(PYTEST_ARGS)
