@@ -36,15 +36,7 @@ from cluster.store.schemas import CATALOG
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    # Known failure, issue #12 left open. Run again on 2026-12-01 (fourth time): the kill and the
-    # resume worked (the first evaluation committed, the resubmitted job finished every evaluation),
-    # but the executor leaves concurrency to Ray on a cluster and CPU engine hosts ask Ray for no CPU,
-    # so the job ran five engine hosts, two Serve replicas and the tuning search at once on 2 cores
-    # (load average 20-26) and the Serve app was not ready within 600 s (both load-test cells
-    # failed). Not a Serve hang: starvation. Needs CPU slots per engine on CPU clusters.
-    pytest.mark.skip(
-        reason="CPU engines on a `ray start` cluster run unthrottled on 2 cores (issue #12, open)"
-    ),
+    pytest.mark.cluster,  # its own embedded demo and then the job: beyond `make test`'s budget
 ]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -228,6 +220,40 @@ def _cells(out: Path, name: str) -> dict[str, int]:
     return counts
 
 
+def _columns(out: Path, name: str, cols: tuple[str, ...]) -> list[tuple]:
+    return sorted(
+        (r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
+        for r in datasets.rows(out, name)
+    )
+
+
+def _answers(out: Path) -> dict[tuple, tuple[str, object]]:
+    return {
+        (r["cell_key"], r["task"], r["doc_id"]): (r["format"], json.loads(r["response"]))
+        for r in datasets.rows(out, "eval_samples")
+    }
+
+
+# Formats whose log-likelihoods depend on how requests share a batch on vLLM's CPU build: W8A8-INT
+# runs oneDNN's int8 GEMM with per-token dynamic activation scales, and two runs of the same
+# checkpoint on the same host differ in the fourth decimal (embedded vs embedded, 2026-12-02 on AVX2:
+# at most 6.4e-4; embedded vs this job: 3.0e-2, 0.9 % relative; BF16, FP8 and both INT4 rows: 0.0).
+BATCH_DEPENDENT = {"w8a8-int"}
+
+
+def _same_answer(ours: tuple[str, object], theirs: tuple[str, object], key: tuple) -> None:
+    """Identical responses; for BATCH_DEPENDENT formats, the same choice: per option the same greedy
+    flag and the same highest-likelihood option (metrics and scores are compared exactly above)."""
+    fmt, mine = ours
+    if fmt not in BATCH_DEPENDENT or not (isinstance(mine, list) and mine and isinstance(mine[0], list)):
+        assert ours == theirs, key
+        return
+    other = theirs[1]
+    assert isinstance(other, list) and [g for _, g in mine] == [g for _, g in other], key
+    best = max(range(len(mine)), key=lambda i: mine[i][0])
+    assert best == max(range(len(other)), key=lambda i: other[i][0]), key
+
+
 def test_the_job_equals_the_embedded_run_cell_for_cell(job, smoke):
     out, *_ = job
     embedded, _ = smoke
@@ -239,18 +265,14 @@ def test_the_job_equals_the_embedded_run_cell_for_cell(job, smoke):
     }
     for name, cols in (
         ("eval_scores", ("value",)),
-        ("eval_samples", ("response", "metrics")),
+        ("eval_samples", ("target", "metrics")),
         ("recovery", ("score",)),
     ):
-        ours = sorted(
-            (r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
-            for r in datasets.rows(out, name)
-        )
-        theirs = sorted(
-            (r["cell_key"], r.get("task", ""), r.get("doc_id", 0), *(str(r[c]) for c in cols))
-            for r in datasets.rows(embedded, name)
-        )
-        assert ours == theirs, name
+        assert _columns(out, name, cols) == _columns(embedded, name, cols), name
+    ours, theirs = _answers(out), _answers(embedded)
+    assert ours.keys() == theirs.keys()
+    for key, answer in ours.items():
+        _same_answer(answer, theirs[key], key)
     trials = {dict(r["params"])["group_size"]: r["recovery_pct"] for r in datasets.rows(out, "trials")}
     assert trials == {
         dict(r["params"])["group_size"]: r["recovery_pct"] for r in datasets.rows(embedded, "trials")
@@ -273,8 +295,12 @@ def test_a_bad_sweep_fails_the_job_with_one_line(head_node, tmp_path):
 def served(job):
     import httpx
     import ray
+    from ray._raylet import Config
 
     os.environ["RAY_AUTH_MODE"] = "token"  # read the token `ray start` wrote
+    Config.initialize(
+        ""
+    )  # Ray caches its config at import: read the mode again (as `ray.init` does for a new cluster)
     ray.init(address="auto", log_to_driver=False)  # this test process joins the job's cluster as a client
     url = "http://127.0.0.1:8000/organism-bf16"
     assert (
