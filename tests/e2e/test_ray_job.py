@@ -236,8 +236,8 @@ def _answers(out: Path) -> dict[tuple, tuple[str, object]]:
 
 # Formats whose log-likelihoods depend on how requests share a batch on vLLM's CPU build: W8A8-INT
 # runs oneDNN's int8 GEMM with per-token dynamic activation scales, and two runs of the same
-# checkpoint on the same host differ in the fourth decimal (embedded vs embedded, 2026-12-02 on AVX2:
-# at most 6.4e-4; embedded vs this job: 3.0e-2, 0.9 % relative; BF16, FP8 and both INT4 rows: 0.0).
+# checkpoint on the same host differ (2026-12-02 on AVX2: embedded vs embedded at most 6.4e-4,
+# embedded vs this job at most 3.0e-2, 0.9 % relative; BF16, FP8 and both INT4 rows: 0.0).
 BATCH_DEPENDENT = {"w8a8-int"}
 
 
@@ -298,9 +298,8 @@ def served(job):
     from ray._raylet import Config
 
     os.environ["RAY_AUTH_MODE"] = "token"  # read the token `ray start` wrote
-    Config.initialize(
-        ""
-    )  # Ray caches its config at import: read the mode again (as `ray.init` does for a new cluster)
+    # Ray caches its config at import: read the mode again (as `ray.init` does for a new cluster)
+    Config.initialize("")
     ray.init(address="auto", log_to_driver=False)  # this test process joins the job's cluster as a client
     url = "http://127.0.0.1:8000/organism-bf16"
     assert (
