@@ -11,7 +11,15 @@ down (ours and `vllm bench serve`; GuideLLM's is an order of magnitude lower and
 Ours and GuideLLM send at a constant rate; `vllm bench serve` has no constant mode, so it gets gamma
 arrivals with burstiness 1000 (inter-arrival CV ~3 %). GuideLLM runs its ladder in one process (its
 steps after a miss are dropped). Prints every step, each tool's maximum, ours/vllm and
-ours/guidellm, and whether the goal (ours >= 2x the better one) is met.
+ours/guidellm, and whether the goal (ours >= 3x the better one) is met. Past the listed rates every
+ladder goes on climbing (x1.25 a rung) until the tool misses, so ours gets a maximum, not a bound.
+
+Then our generator's own accuracy: at --accuracy-rate (1,000 req/s) against a null server that plays an
+engine (20 ms before the first token, 5 ms between tokens) and stamps when it read each request and
+wrote each token (same monotonic clock as the client), each request's measured TTFT and each measured
+inter-token gap are compared with what the server did. Prints |error| p50 and p99 in ms (goal <= 0.5
+at p50, <= 2 at p99), and the error against the nominal delays too (that one includes the server's
+own timer slack).
 Usage: .venv/bin/python bench/loadgen_capacity.py [--guidellm .venv-tools/bin/guidellm] [--rates 100,200]
 (`make tools` installs GuideLLM into .venv-tools.)
 """
@@ -25,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 SUSTAINED = 0.9
 PROMPT_TOKENS, OUTPUT_TOKENS = 32, 16
 MODEL = "null-model"
-GOAL = 2.0
+GOAL = 3.0
+GROWTH, TOP = 1.25, 100_000.0  # past the listed rates: the next rung, and where climbing stops
+ACC_TTFT_S, ACC_ITL_S = 0.020, 0.005  # the engine timing the null server plays for the accuracy run
+ACC_GOAL_MS = {"p50": 0.5, "p99": 2.0}
 
 
 @dataclass
@@ -82,6 +93,73 @@ def worker(url: str, rate: float, n: int) -> None:
             }
         )
     )
+
+
+def accuracy_worker(url: str, rate: float, n: int) -> None:
+    """Child process: `n` distinct prompts at a constant `rate`; prints the prompts and chunk times."""
+    from serve import loadgen
+
+    prompts = loadgen.make_prompts(512, PROMPT_TOKENS, n, seed=1)  # one per request: the server's key
+    recs = loadgen.run_constant(
+        url, MODEL, prompts, OUTPUT_TOKENS, rate=rate, duration_s=n / rate, max_requests=n, timeout_s=30
+    )
+    print(json.dumps({"prompts": prompts, "records": [{"ok": r.ok, "chunk_s": r.chunk_s} for r in recs]}))
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q / 100 * len(xs)))]
+
+
+def accuracy(rate: float, seconds: float) -> int:
+    """Measure and print our TTFT / ITL error against a paced, stamping null server; 1 if not measured."""
+    from serve.nullserver import Stamps, null_server
+
+    n, stamps = max(1, round(rate * seconds)), Stamps()
+    with null_server(ttft_s=ACC_TTFT_S, itl_s=ACC_ITL_S, stamps=stamps) as url:
+        cmd = [sys.executable, __file__, "--accuracy-worker", url, str(rate), str(n)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    print(
+        f"\ngenerator accuracy at {rate:g} req/s ({n} requests; server: TTFT {ACC_TTFT_S * 1e3:g} ms, ITL {ACC_ITL_S * 1e3:g} ms)"
+    )
+    if proc.returncode:
+        print(
+            f"accuracy: not measured (worker exit {proc.returncode}: {' '.join(proc.stderr.split())[-200:]})"
+        )
+        return 1
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    errs: dict[str, list[float]] = {"ttft": [], "itl": [], "ttft_nominal": [], "itl_nominal": []}
+    lost = 0
+    for prompt, rec in zip(out["prompts"], out["records"], strict=True):
+        st, chunks = stamps.get(tuple(prompt)), rec["chunk_s"]
+        if not rec["ok"] or not st or len(st) != OUTPUT_TOKENS + 1 or len(chunks) != OUTPUT_TOKENS:
+            lost += 1
+            continue
+        recv, writes = st[0], st[1:]
+        errs["ttft"].append(chunks[0] - (writes[0] - recv))
+        errs["ttft_nominal"].append(chunks[0] - ACC_TTFT_S)
+        for j in range(1, OUTPUT_TOKENS):
+            gap = chunks[j] - chunks[j - 1]
+            errs["itl"].append(gap - (writes[j] - writes[j - 1]))
+            errs["itl_nominal"].append(gap - ACC_ITL_S)
+    if not errs["ttft"]:
+        print(f"accuracy: not measured (no request completed; {lost} lost)")
+        return 1
+    print(f"requests compared: {len(errs['ttft'])}, failed or incomplete: {lost}")
+    met = True
+    for name, xs in errs.items():
+        ms = [abs(x) * 1e3 for x in xs]
+        p50, p99 = _pct(ms, 50), _pct(ms, 99)
+        line = f"{name:<13} |error| p50 {p50:.3f} ms  p99 {p99:.3f} ms  (signed median {_pct([x * 1e3 for x in xs], 50):+.3f} ms)"
+        if not name.endswith("nominal"):
+            ok = p50 <= ACC_GOAL_MS["p50"] and p99 <= ACC_GOAL_MS["p99"]
+            met &= ok
+            line += (
+                f"  goal <= {ACC_GOAL_MS['p50']:g} / {ACC_GOAL_MS['p99']:g} ms: {'met' if ok else 'not met'}"
+            )
+        print(line)
+    print(f"accuracy goal (vs what the server did): {'met' if met else 'not met'}")
+    return 0
 
 
 def ours_step(url: str, rate: float, n: int) -> Step:
@@ -170,11 +248,20 @@ def guidellm_ladder(
     return steps[: misses[0] + 1] if misses else steps
 
 
+def ladder(rates: list[float]) -> Iterator[float]:
+    """The listed rates, then x`GROWTH` a rung until `TOP`: a tool climbs until it misses."""
+    yield from rates
+    rate = rates[-1] * GROWTH
+    while rate <= TOP:
+        yield round(rate)
+        rate *= GROWTH
+
+
 def climb(step: Callable[[float, int], Step], rates: list[float], seconds: float, refine: int) -> list[Step]:
     """Offer each rate in turn until one is not sustained, then bisect `refine` times below that miss."""
     steps: list[Step] = []
     ok, miss = 0.0, None
-    for rate in rates:
+    for rate in ladder(rates):
         steps.append(step(rate, max(1, round(rate * seconds))))
         if not steps[-1].sustained:
             miss = rate
@@ -215,7 +302,7 @@ def report(results: dict[str, list[Step]], walls: dict[str, float], rates: list[
             )
     tops = {tool: best(steps) for tool, steps in results.items()}
     for tool, top in tops.items():
-        capped = all(s.sustained for s in results[tool]) and len(results[tool]) == len(rates)
+        capped = all(s.sustained for s in results[tool])  # never missed: the ladder's top is a bound
         print(
             f"max sustained {tool}: {top:.1f} req/s{' (ladder top: at least)' if capped else ''} "
             f"[{walls[tool]:.0f} s]"
@@ -255,11 +342,19 @@ def main() -> None:
         default=3,
         help="bisection steps between a tool's last sustained rate and its miss",
     )
+    parser.add_argument("--accuracy-rate", type=float, default=1000.0, help="req/s of the accuracy run")
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the capacity ladders")
     parser.add_argument("--worker", nargs=3, metavar=("URL", "RATE", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--accuracy-worker", nargs=3, metavar=("URL", "RATE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], float(args.worker[1]), int(args.worker[2]))
         return
+    if args.accuracy_worker:
+        accuracy_worker(args.accuracy_worker[0], float(args.accuracy_worker[1]), int(args.accuracy_worker[2]))
+        return
+    if args.accuracy_only:
+        sys.exit(accuracy(args.accuracy_rate, args.seconds))
     if not Path(args.guidellm).is_file():
         sys.exit(f"error: GuideLLM not found at {args.guidellm} (run `make tools` or pass --guidellm PATH)")
     from cluster.models import tinymodel
@@ -282,7 +377,8 @@ def main() -> None:
             t0 = time.monotonic()
             results[tool] = run()
             walls[tool] = time.monotonic() - t0
-    sys.exit(report(results, walls, rates))
+    status = report(results, walls, rates)
+    sys.exit(accuracy(args.accuracy_rate, args.seconds) or status)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ latency or QPS number is trusted the same profile is run against this server: wh
 the client cannot reach here, it cannot measure on a real engine either. It streams `max_tokens` chunks
 of text "x" plus a usage chunk and `[DONE]`, like vLLM's `/v1/completions`, and can inject faults
 (HTTP 500 on every Nth request, a malformed stream, slow chunks) so tests exercise real HTTP failures.
+It can also play an engine's timing: a known delay before the first token and between tokens, and
+stamp when it actually received each request and wrote each token (`Stamps`), so the load
+generator's own TTFT and ITL error can be measured against what the server did
+(`bench/loadgen_capacity.py`).
 
 The server must cost as little CPU as it can, because on a small machine it shares the cores with the
 client it measures: it is a bare ASGI app on uvicorn (uvloop, httptools), with no framework between
@@ -39,11 +43,25 @@ ASGIApp = Callable[[Message, Receive, Send], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Faults:
-    """Which faults the server injects: HTTP 500 / a malformed stream on every Nth request, slow chunks."""
+    """What the server injects: HTTP 500 / a malformed stream on every Nth request, slow chunks, and
+    an engine's timing (a delay before the first token, another between tokens)."""
 
     fail_every: int = 0
     malformed_every: int = 0
-    chunk_delay_s: float = 0.0
+    chunk_delay_s: float = 0.0  # before every event of a stream
+    ttft_s: float = 0.0  # before the first token
+    itl_s: float = 0.0  # between tokens
+
+    @property
+    def paced(self) -> bool:
+        """Whether a stream is written event by event (any delay), not as one body."""
+        return bool(self.chunk_delay_s or self.ttft_s or self.itl_s)
+
+
+# Per streamed request, keyed by its prompt (token ids): time.perf_counter() when the server had read
+# the request, then just before it wrote each token. perf_counter is CLOCK_MONOTONIC on Linux: one
+# clock for every process on the machine.
+Stamps = dict[tuple, list[float]]
 
 
 def _prompt_tokens(prompt: Any) -> int:
@@ -111,18 +129,28 @@ async def _send_error(send: Send, status: int, message: str) -> None:
     await _send_json(send, status, {"error": {"message": message, "code": status}})
 
 
-async def _send_stream(send: Send, events: list[bytes], chunk_delay_s: float) -> None:
-    """Stream the events; without a delay, as one body with a Content-Length (one write, no chunking)."""
+async def _send_stream(
+    send: Send, events: list[bytes], tokens: int, faults: Faults, stamps: list[float] | None
+) -> None:
+    """Stream the events; without a delay, as one body with a Content-Length (one write, no chunking).
+
+    Paced: `ttft_s` before the first token, `itl_s` before each later one (of the first `tokens`
+    events), `chunk_delay_s` before every event; `stamps` gets each token's write time.
+    """
     headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-    if not chunk_delay_s:
+    if not faults.paced:
         data = b"".join(events)
         headers.append((b"content-length", str(len(data)).encode()))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": data})
         return
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    for e in events:
-        await asyncio.sleep(chunk_delay_s)
+    for i, e in enumerate(events):
+        delay = faults.chunk_delay_s + (0.0 if i >= tokens else faults.itl_s if i else faults.ttft_s)
+        if delay:
+            await asyncio.sleep(delay)
+        if stamps is not None and i < tokens:
+            stamps.append(time.perf_counter())
         await send({"type": "http.response.body", "body": e, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
@@ -136,8 +164,11 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(parts)
 
 
-def build_app(faults: Faults | None = None) -> ASGIApp:
-    """The ASGI app: `GET /v1/models` and `POST /v1/completions` (streamed or not); 404/405 otherwise."""
+def build_app(faults: Faults | None = None, stamps: Stamps | None = None) -> ASGIApp:
+    """The ASGI app: `GET /v1/models` and `POST /v1/completions` (streamed or not); 404/405 otherwise.
+
+    With `stamps`, each streamed request's timing goes there under its prompt (see `Stamps`).
+    """
     faults = faults or Faults()
     counter = itertools.count(1)  # one event loop serves all requests, so no lock is needed
     models = {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "quantsweep"}]}
@@ -164,17 +195,29 @@ def build_app(faults: Faults | None = None) -> ASGIApp:
             return await _send_error(send, 500, f"injected failure on request {n}")
         if not body.get("stream"):
             return await _send_json(send, 200, _completion(n, body))
-        await _send_stream(send, _events(n, body, faults), faults.chunk_delay_s)
+        mine = None
+        if stamps is not None:
+            prompt = body.get("prompt")
+            mine = stamps[tuple(prompt) if isinstance(prompt, list) else (str(prompt),)] = [
+                time.perf_counter()
+            ]
+        await _send_stream(send, _events(n, body, faults), _max_tokens(body), faults, mine)
 
     return app
 
 
 @contextmanager
 def null_server(
-    fail_every: int = 0, chunk_delay_s: float = 0.0, malformed_every: int = 0, startup_timeout_s: float = 10.0
+    fail_every: int = 0,
+    chunk_delay_s: float = 0.0,
+    malformed_every: int = 0,
+    startup_timeout_s: float = 10.0,
+    ttft_s: float = 0.0,
+    itl_s: float = 0.0,
+    stamps: Stamps | None = None,
 ) -> Iterator[str]:
     """Serve the null app on a free 127.0.0.1 port in a daemon thread; yield its base URL."""
-    app = build_app(Faults(fail_every, malformed_every, chunk_delay_s))
+    app = build_app(Faults(fail_every, malformed_every, chunk_delay_s, ttft_s, itl_s), stamps)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))  # port 0: the OS picks a free port, so parallel tests never collide

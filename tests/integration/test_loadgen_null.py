@@ -164,3 +164,23 @@ def test_null_server_speaks_the_completions_protocol(url):
     assert [e["choices"][0]["finish_reason"] for e in events[:4]] == [None, None, None, "length"]
     assert events[4]["choices"] == [] and events[4]["usage"]["total_tokens"] == 6
     assert len({e["id"] for e in events}) == 1
+
+
+def test_a_paced_server_plays_an_engines_timing_and_stamps_what_it_did():
+    # what bench/loadgen_capacity.py measures the generator's TTFT / ITL error against
+    prompts = make_prompts(vocab_size=1000, prompt_tokens=16, n=10, seed=3)
+    stamps: dict = {}
+    with null_server(ttft_s=0.02, itl_s=0.005, stamps=stamps) as base_url:
+        records = run_constant(
+            base_url, MODEL_ID, prompts, 6, rate=50, duration_s=0.2, max_requests=10, timeout_s=10
+        )
+    assert len(records) == 10 and all(r.ok for r in records)
+    for prompt, rec in zip(prompts, records, strict=True):
+        recv, *writes = stamps[tuple(prompt)]
+        assert len(writes) == len(rec.chunk_s) == 6
+        # the event loop's timers wake to the millisecond, early or late
+        server_ttft, server_span = writes[0] - recv, writes[-1] - writes[0]
+        assert server_ttft >= 0.019 and server_span >= 5 * 0.0045
+        # the client saw the server's timing plus the request's trip: never less, and not much more
+        assert 0 < rec.first_token_s - server_ttft < 0.1
+        assert abs((rec.chunk_s[-1] - rec.chunk_s[0]) - server_span) < 0.01
