@@ -138,7 +138,7 @@ def _run(console: Console, sweep, catalog, host, cells, fresh: bool) -> int:
     from cluster.store.provenance import Provenance, config_hash, git_sha
 
     check_tasks(sweep, catalog)  # before anything is written or started
-    if sweep.serve.enabled and any(c.stage == "loadtest" and c.status == "planned" for c in cells):
+    if sweep.serve.enabled and any(c.stage.startswith("loadtest") and c.status == "planned" for c in cells):
         from cluster.errors import ConfigError
         from serve.config import MissingSecret, api_key
 

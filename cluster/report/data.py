@@ -19,7 +19,8 @@ from cluster.report import serving
 from serve.records import RequestRecord
 
 Row = dict[str, Any]
-RunKey = tuple[str, str, str, str, str, str, str, float | None]
+RunKey = tuple[str, str, str, str, str, str, str, str, float | None]
+SERVE, BARE = "ray-serve", "vllm-serve"  # perf / requests `server` (serve.config.SERVERS)
 NONE = SloConfig(name="none", ttft_ms=None, tpot_ms=None)  # the study's view: latency unconstrained
 _REQUEST_COLUMNS = [
     "sweep",
@@ -27,6 +28,7 @@ _REQUEST_COLUMNS = [
     "format",
     "hardware",
     "use_case",
+    "server",
     "mode",
     "profile",
     "target_rate",
@@ -48,12 +50,13 @@ def run_key(row: Row) -> RunKey:
     rate = row.get("target_rate")
     rate = None if rate is None or (isinstance(rate, float) and math.isnan(rate)) else round(float(rate), 9)
     keys = ("sweep", "model", "format", "hardware", "use_case", "mode", "profile")
-    return (*(row[k] for k in keys), rate)  # type: ignore[return-value]
+    return (*(row[k] for k in keys), row.get("server") or SERVE, rate)  # type: ignore[return-value]
 
 
 def cell_key(row: Row) -> tuple[str, ...]:
     """The loadtest cell a perf row belongs to."""
-    return tuple(row[k] for k in ("sweep", "model", "format", "hardware", "use_case"))
+    cell = tuple(row[k] for k in ("sweep", "model", "format", "hardware", "use_case"))
+    return (*cell, row.get("server") or SERVE)
 
 
 @dataclass
@@ -61,7 +64,7 @@ class RunData:
     """The datasets of one run directory (every sweep in it)."""
 
     root: Path
-    perf: list[Row]
+    perf: list[Row]  # Ray Serve's (and imported) rows: what the report judges formats by
     recovery: list[Row]
     scores: list[Row]
     quantized: list[Row]
@@ -69,6 +72,7 @@ class RunData:
     trials: list[Row]
     requests: dict[RunKey, list[RequestRecord]]
     catalog: Any = None  # cluster.config.loader.Catalog, when conf/ loads
+    bare: list[Row] = field(default_factory=list)  # bare `vllm serve` rows (serve.bare_baseline)
     _judged: dict[str, list[Row]] = field(default_factory=dict)
 
     @property
@@ -166,9 +170,11 @@ def load(root: Path | str) -> RunData:
     from cluster.store.datasets import read, rows
 
     root = Path(root)
+    perf = rows(root, "perf")
     return RunData(
         root=root,
-        perf=rows(root, "perf"),
+        perf=[r for r in perf if r.get("server") != BARE],
+        bare=[r for r in perf if r.get("server") == BARE],
         recovery=rows(root, "recovery"),
         scores=rows(root, "eval_scores"),
         quantized=rows(root, "quantized"),

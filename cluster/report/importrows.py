@@ -144,6 +144,7 @@ def _target(ln: Line, sweep: str, catalog: Any) -> Row:
         "format": ln.text("format"),
         "hardware": hw_name,
         "use_case": uc_name,
+        "server": "external",  # how the source served it is its own to say
         "device": ln.text("device", hw.device if hw else hw_name),
         "device_count": n,
         "price_per_hour": price,
@@ -243,7 +244,7 @@ def requests(path: Path, data: list[dict[str, str]], sweep: str, catalog: Any) -
         row = _run_row(target, profile, rate, recs)
         out.append(row)
         records[id(row)] = recs
-        keep = {k: target[k] for k in ("sweep", "model", "format", "hardware", "use_case", "mode")}
+        keep = {k: target[k] for k in ("sweep", "model", "format", "hardware", "use_case", "server", "mode")}
         reqs += [{**blank("requests"), **keep, **r.to_dict()} for r in recs]
     return {"requests": reqs, "perf": _judge(out, records)}
 

@@ -124,3 +124,44 @@ def cost_reduction(fmt_rows: Sequence[Row], base_rows: Sequence[Row], mode: str)
     if zero:
         note += f"; left out where the baseline met the SLO at no rate: {', '.join(zero)}"
     return cost.cost_reduction({u: mine[u] for u in shared}, base), note
+
+
+OVERHEAD_RUN = ("sweep", "model", "format", "hardware", "use_case", "mode", "profile", "target_rate")
+
+
+def serve_overhead(rows: Sequence[Row]) -> list[Row]:
+    """Ray Serve vs bare `vllm serve` per run measured on both (`serve.bare_baseline`).
+
+    Each Serve run is paired with the bare run of the same cell, mode, profile and offered rate:
+    throughput ratio (Serve / bare: 1.0 costs nothing) and mean TTFT and end-to-end latency
+    overheads in percent of bare's. Runs measured on one server only are left out.
+    """
+    measured = [r for r in rows if r.get("status") == "measured" and r.get("completed")]
+    bare = {tuple(r[k] for k in OVERHEAD_RUN): r for r in measured if r.get("server") == "vllm-serve"}
+    out = []
+    for r in measured:
+        b = bare.get(tuple(r[k] for k in OVERHEAD_RUN))
+        if r.get("server") != "ray-serve" or b is None:
+            continue
+        out.append(
+            {
+                **{k: r[k] for k in OVERHEAD_RUN},
+                "serve_rps": r["request_throughput"],
+                "bare_rps": b["request_throughput"],
+                "throughput_ratio": _ratio(r["request_throughput"], b["request_throughput"]),
+                "serve_ttft_ms": r["mean_ttft_ms"],
+                "bare_ttft_ms": b["mean_ttft_ms"],
+                "ttft_overhead_pct": _overhead(r["mean_ttft_ms"], b["mean_ttft_ms"]),
+                "e2el_overhead_pct": _overhead(r["mean_e2el_ms"], b["mean_e2el_ms"]),
+            }
+        )
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _overhead(serve: float | None, bare: float | None) -> float | None:
+    r = _ratio(serve, bare)
+    return None if r is None else 100.0 * (r - 1.0)

@@ -146,6 +146,38 @@ def perf_table(rows: list[dict]) -> Table:
     return t
 
 
+def overhead_table(rows: list[dict]) -> Table:
+    """Ray Serve against bare `vllm serve` on the same checkpoint, engine and load."""
+    from cluster.report.serving import serve_overhead
+
+    t = Table(title="Serving overhead: Ray Serve vs bare vllm serve (same engine, same load)")
+    cols = ("model", "format", "hardware", "use case", "run", "req/s Serve", "req/s bare", "ratio")
+    for col in (*cols, "TTFT ms Serve", "TTFT ms bare", "TTFT +%", "e2e +%"):
+        t.add_column(col)
+    for r in serve_overhead(rows):
+        rate = r["target_rate"]
+        t.add_row(
+            r["model"],
+            r["format"],
+            r["hardware"],
+            r["use_case"],
+            f"{r['mode']} {r['profile']}" + (f" {rate:.2g}/s" if rate else ""),
+            _num(r["serve_rps"]),
+            _num(r["bare_rps"]),
+            _num(r["throughput_ratio"], "{:.3f}x"),
+            _num(r["serve_ttft_ms"], "{:.1f}"),
+            _num(r["bare_ttft_ms"], "{:.1f}"),
+            _num(r["ttft_overhead_pct"], "{:+.1f}"),
+            _num(r["e2el_overhead_pct"], "{:+.1f}"),
+        )
+    return t
+
+
+def _serve_perf_table(rows: list[dict]) -> Table:
+    """The performance table of Serve's (and imported) rows; bare runs go to the overhead table."""
+    return perf_table([r for r in rows if r.get("server") != "vllm-serve"])
+
+
 def trials_table(rows: list[dict]) -> Table:
     """One line per tuning trial."""
     t = Table(title="Tuning trials (objective: recovery %)")
@@ -256,13 +288,15 @@ def print_report(console: Console, root: Path | str, sweep: str) -> None:
         ("quantized", quality_table),
         ("recovery", recovery_table),
         ("similarity", similarity_table),
-        ("perf", perf_table),
+        ("perf", _serve_perf_table),
         ("trials", trials_table),
     )
     for name, make in tables:
         data = rows(root, name, sweep=sweep)
         if data:
             console.print(make(data))
+        if name == "perf" and any(r.get("server") == "vllm-serve" for r in data):
+            console.print(overhead_table(data))
     from cluster.report.proxies import correlation_rows, correlation_table
 
     found = correlation_rows(

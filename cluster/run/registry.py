@@ -39,6 +39,7 @@ STAGES: dict[str, StageDef] = {
         StageDef("recovery", ("recovery",), "cluster.stages.recovery"),
         StageDef("similarity", ("similarity",), "cluster.stages.similarity"),
         StageDef("loadtest", ("perf", "requests"), "cluster.stages.loadtest", session="serve"),
+        StageDef("loadtest_bare", ("perf", "requests"), "cluster.stages.loadtest_bare"),
         StageDef("tune", ("trials", "proxies"), "cluster.stages.tune"),
     )
 }

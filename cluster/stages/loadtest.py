@@ -3,7 +3,8 @@
 Two measurements per cell, as the study made them: synchronous (one request at a time; latency and
 queries per dollar = 3600 / (latency x $/h)) and asynchronous (`serve.profile`: poisson or constant
 at one rate, concurrent at a fixed number in flight, or a sweep from the synchronous rate to the
-throughput peak; throughput and queries per dollar = QPS x 3600 / $/h). Raw per-request timings go
+throughput peak; throughput and queries per dollar = QPS x 3600 / $/h); `synchronous` runs the
+first alone. `measure` is shared with the bare `vllm serve` baseline (`loadtest_bare`). Raw per-request timings go
 to `requests`; `perf` rows are derived from them and say `skipped` with the reason when a target
 cannot run the format; nothing is made up. The Serve app is the cell's session: deployed once per
 checkpoint and hardware (`open_remote`), shared by its use cases, deleted after (`close_session`).
@@ -43,7 +44,7 @@ def model_id(model: str, fmt: str) -> str:
     return f"{model}-{fmt}"
 
 
-def _served(env: RunEnv, cell: Any, path: str) -> Any:
+def served_model(env: RunEnv, cell: Any, path: str) -> Any:
     from serve.app import ServedModel
 
     hw = env.catalog.hardware[cell.hardware]
@@ -53,7 +54,7 @@ def _served(env: RunEnv, cell: Any, path: str) -> Any:
     return ServedModel(model_id(cell.model, cell.format), path, tp, accel, pp)
 
 
-def _deployment(env: RunEnv, served: list[Any], hardware: str) -> Any:
+def deployment(env: RunEnv, served: list[Any], hardware: str) -> Any:
     from serve.app import Deployment
 
     return Deployment(tuple(served), cpu=env.catalog.hardware[hardware].kind == "cpu", host=env.host)
@@ -62,7 +63,7 @@ def _deployment(env: RunEnv, served: list[Any], hardware: str) -> Any:
 def _start(env: RunEnv, served: list[Any], hardware: str) -> dict[str, Any]:
     from serve import app
 
-    urls = app.start(env.sweep.serve, env.sweep.engine, _deployment(env, served, hardware))
+    urls = app.start(env.sweep.serve, env.sweep.engine, deployment(env, served, hardware))
     return {"urls": urls, "served": served, "hardware": hardware}
 
 
@@ -79,7 +80,7 @@ def open_remote(env: RunEnv, members: list[tuple[Any, dict[str, dict]]]) -> Any:
         health = next(m["outputs"] for m in inputs.values() if m["stage"] == "health")
         if health.get("health") not in UNUSABLE and cell.format not in seen:
             seen.add(cell.format)
-            served.append(_served(env, cell, health["path"]))
+            served.append(served_model(env, cell, health["path"]))
     hardware = members[0][0].hardware
     return ray.remote(num_cpus=0)(_start).remote(env, served, hardware)
 
@@ -89,7 +90,7 @@ def close_session(env: RunEnv, session: Any) -> None:
     from serve import app
 
     h = session.handle
-    app.stop(env.sweep.serve, _deployment(env, h["served"], h["hardware"]))
+    app.stop(env.sweep.serve, deployment(env, h["served"], h["hardware"]))
 
 
 def _base(cr: CellRun) -> dict[str, Any]:
@@ -101,11 +102,12 @@ def _base(cr: CellRun) -> dict[str, Any]:
     from serve import app
     from serve.engine import engine_kwargs
 
-    deployment = json.dumps(
-        {**app.deployment_config(env.sweep.serve), "ingress": env.sweep.serve.ingress}, sort_keys=True
-    )
+    served_by = {**app.deployment_config(env.sweep.serve), "ingress": env.sweep.serve.ingress}
+    if c.server == "vllm-serve":  # one bare `vllm serve` process: no replicas, no ingress
+        served_by = {"num_replicas": 1, "ingress": "none"}
+    deployment = json.dumps(served_by, sort_keys=True)
     return {
-        **coords(cr, "hardware", "use_case"),
+        **coords(cr, "hardware", "use_case", "server"),
         "device": hw.device,
         "device_count": n,
         "price_per_hour": hw.price_per_hour.get(n),
@@ -150,7 +152,7 @@ def _perf_row(
 
 
 def _request_rows(base: dict, mode: str, records: list) -> list[dict]:
-    keep = ("sweep", "model", "format", "hardware", "use_case")
+    keep = ("sweep", "model", "format", "hardware", "use_case", "server")
     return [{**{k: base[k] for k in keep}, "mode": mode, **r.to_dict()} for r in records]
 
 
@@ -163,6 +165,8 @@ def _async_runs(
 
     sv, seed = cr.env.sweep.serve, cr.env.sweep.seed
     key, timeout = api_key(sv), sv.request_timeout_s
+    if sv.profile == "synchronous":
+        return []
     if sv.profile == "sweep":
         recs = run_sweep(url, mid, prompts, out_tokens, sv, cr.env.sweep.engine.max_num_seqs, seed)
         runs: dict[tuple[str, float | None], list] = {}
@@ -229,8 +233,24 @@ def _export(
     return rel, metrics.to_vllm_bench_json(summary, meta)
 
 
+def unmeasurable(cr: CellRun) -> CellResult | None:
+    """The placeholder of a cell whose checkpoint is unhealthy or whose tokens do not fit (else None)."""
+    base, health = _base(cr), cr.input_of("health")
+    pt, ot = base["prompt_tokens"], base["output_tokens"]
+    if health.get("health") in UNUSABLE:
+        return placeholder(cr, "not_measured", f"not measured: unhealthy ({health.get('health')})")
+    if pt + ot > cr.env.sweep.engine.max_model_len:
+        return placeholder(cr, "skipped", f"not measured: {pt}+{ot} tokens exceed engine.max_model_len")
+    return None
+
+
 def run(cr: CellRun) -> CellResult:
     """Synchronous and asynchronous load on the session's Serve app."""
+    return unmeasurable(cr) or measure(cr, cr.session["urls"][model_id(cr.cell.model, cr.cell.format)])
+
+
+def measure(cr: CellRun, url: str) -> CellResult:
+    """Synchronous, then the sweep's asynchronous profile, at the server at `url` (Serve or bare)."""
     from transformers import AutoTokenizer
 
     from serve import cost, loadgen, metrics
@@ -240,12 +260,7 @@ def run(cr: CellRun) -> CellResult:
     base = _base(cr)
     pt, ot = base["prompt_tokens"], base["output_tokens"]
     health = cr.input_of("health")
-    if health.get("health") in UNUSABLE:
-        return placeholder(cr, "not_measured", f"not measured: unhealthy ({health.get('health')})")
-    if pt + ot > env.sweep.engine.max_model_len:
-        return placeholder(cr, "skipped", f"not measured: {pt}+{ot} tokens exceed engine.max_model_len")
     mid, price = model_id(c.model, c.format), base["price_per_hour"]
-    url = cr.session["urls"][mid]
     tok = AutoTokenizer.from_pretrained(health["path"])
     n = sv.sync_requests + sv.async_max_requests + sv.warmup_requests + 1
     prompts = loadgen.make_prompts(len(tok), pt, n, env.sweep.seed, tok.all_special_ids)
@@ -268,7 +283,8 @@ def run(cr: CellRun) -> CellResult:
     perf = [_perf_row(base, "sync", "synchronous", s_sum, s_qpd, capacity=capacity)]
     runs = [sync]
     reqs, files = _request_rows(base, "sync", sync), dict([_export(cr, base, "sync", None, s_sum, sync)])
-    cr.report(f"asynchronous load ({sv.profile})")
+    if sv.profile != "synchronous":
+        cr.report(f"asynchronous load ({sv.profile})")
     for profile, rate, recs in _async_runs(cr, url, mid, prompts, ot):
         a_sum = metrics.summarize(recs)
         a_qpd = (
@@ -281,7 +297,9 @@ def run(cr: CellRun) -> CellResult:
         reqs += _request_rows(base, "async", recs)
         files.update([_export(cr, base, "async", rate, a_sum, recs)])
     _judge(cr, perf, runs)
-    note = f"sync {s_sum.get('mean_e2el_ms') or 0:.0f} ms/request, async {perf[-1]['request_throughput'] or 0:.2f} req/s"
+    note = f"{c.server}: sync {s_sum.get('mean_e2el_ms') or 0:.0f} ms/request" + (
+        f", async {perf[-1]['request_throughput'] or 0:.2f} req/s" if len(perf) > 1 else ""
+    )
     return CellResult(rows={"perf": perf, "requests": reqs}, files=files, context=cr.context(1), note=note)
 
 
@@ -298,13 +316,15 @@ def _judge(cr: CellRun, perf: list[dict], runs: list[list]) -> None:
     env, c = cr.env, cr.cell
     for row, cols in zip(perf, serving.slo_columns(perf, runs, env.sweep.report.slo), strict=True):
         row.update(cols)
-    others = committed(env.out, "perf", sweep=env.sweep.name, model=c.model, hardware=c.hardware)
+    others = committed(
+        env.out, "perf", sweep=env.sweep.name, model=c.model, hardware=c.hardware, server=c.server
+    )
     mine = [r for r in others if r["format"] == c.format and r["use_case"] != c.use_case] + perf
     base = (
         mine if c.format == env.sweep.baseline else [r for r in others if r["format"] == env.sweep.baseline]
     )
     for row in perf:
-        cr_value, note = serving.cost_reduction(mine, base, row["mode"])
+        cr_value, note = serving.cost_reduction(mine, base, row["mode"])  # Serve vs Serve, bare vs bare
         if not base:
             note = f"baseline {env.sweep.baseline} not committed on {c.hardware} when this cell ran; `report` computes it"
         row["cost_reduction"], row["cost_reduction_note"] = cr_value, note
@@ -313,8 +333,7 @@ def _judge(cr: CellRun, perf: list[dict], runs: list[list]) -> None:
 def placeholder(cr: CellRun, status: str, reason: str) -> CellResult:
     """`perf` rows for both modes with no numbers, saying why."""
     base = _base(cr)
-    rows = [
-        _perf_row(base, mode, profile, None, None, reason or status)
-        for mode, profile in (("sync", "synchronous"), ("async", cr.env.sweep.serve.profile))
-    ]
+    profile = cr.env.sweep.serve.profile
+    modes = [("sync", "synchronous")] + ([("async", profile)] if profile != "synchronous" else [])
+    rows = [_perf_row(base, mode, p, None, None, reason or status) for mode, p in modes]
     return CellResult(rows={"perf": rows}, context=cr.context(1), note=reason)

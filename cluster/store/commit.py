@@ -48,6 +48,7 @@ def coords(sweep: str, cell: Cell) -> dict[str, str]:
         "suite": cell.suite,
         "hardware": cell.hardware,
         "use_case": cell.use_case,
+        "server": cell.server,
         "stage": cell.stage,
     }
 

@@ -151,7 +151,7 @@ REQUESTS = _schema(
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string(), nullable=False),
     pa.field("warmup", pa.bool_(), nullable=False),
-    extra_keys=("hardware", "use_case"),
+    extra_keys=("hardware", "use_case", "server"),
 )
 
 PERF = _schema(
@@ -191,7 +191,8 @@ PERF = _schema(
     pa.field("slo_queries_per_dollar", _F64),  # queries/$ at slo_max_qps (sync: its own, when met)
     pa.field("cost_reduction", _F64),  # mean over use cases of queries/$ / the baseline's (see loadtest)
     pa.field("cost_reduction_note", pa.string()),
-    extra_keys=("hardware", "use_case"),
+    # server (a partition key): ray-serve | vllm-serve (bare, serve.bare_baseline) | external (imported)
+    extra_keys=("hardware", "use_case", "server"),
 )
 
 TRIALS = _schema(
@@ -289,5 +290,5 @@ def partition_cols(name: str) -> tuple[str, ...]:
 
 
 _KEYS = {"guideline": ("sweep", "model")}
-_EXTRA = {"eval_scores": 1, "eval_samples": 1, "recovery": 1, "requests": 2, "perf": 2, "proxies": 1}
+_EXTRA = {"eval_scores": 1, "eval_samples": 1, "recovery": 1, "requests": 3, "perf": 3, "proxies": 1}
 _EXTRA.update({k: 0 for k in ("quantized", "trials", "generations", "similarity")})

@@ -40,7 +40,16 @@ SERVE = [
 ]
 
 
-@pytest.mark.parametrize("profile", ["poisson", "constant", "concurrent", "sweep"])
+ASYNC_RUNS = {  # serve.profile -> the profiles of its perf rows besides the synchronous run
+    "synchronous": set(),
+    "poisson": {"poisson"},
+    "constant": {"constant"},
+    "concurrent": {"concurrent"},
+    "sweep": {"concurrent", "poisson"},  # the throughput peak, then Poisson rates below it
+}
+
+
+@pytest.mark.parametrize("profile", list(ASYNC_RUNS))
 def test_failed_requests_reach_requests_and_perf_rows(tmp_path, tiny, profile):
     sweep, cat = load_sweep(
         REPO / "sweeps" / "smoke.yaml", [*SERVE, f"serve.profile={profile}", f"output_root={tmp_path}"]
@@ -53,14 +62,8 @@ def test_failed_requests_reach_requests_and_perf_rows(tmp_path, tiny, profile):
         session = {"urls": {loadtest.model_id(cell.model, cell.format): url}}
         result = loadtest.run(CellRun(cell, env, {"h": health}, session))
     perf, reqs = result.rows["perf"], result.rows["requests"]
-    assert {p["profile"] for p in perf} == {
-        "synchronous",
-        "concurrent"
-        if profile == "concurrent"
-        else "poisson"
-        if profile in ("poisson", "sweep")
-        else profile,
-    } | ({"concurrent"} if profile == "sweep" else set())
+    assert {p["profile"] for p in perf} == {"synchronous"} | ASYNC_RUNS[profile]
+    assert {p["server"] for p in perf} == {"ray-serve"}
 
     measured = [r for r in reqs if not r["warmup"]]
     errors = [r for r in measured if r["status"] == "error"]

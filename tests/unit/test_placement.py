@@ -93,14 +93,14 @@ def test_a6000_is_named_as_ray_names_it_and_its_replicas_are_priced(full):
 
 
 def test_every_gpu_load_test_is_pinned_to_its_accelerator(full):
-    from cluster.stages.loadtest import _served
+    from cluster.stages.loadtest import served_model
 
     _, catalog, _, cells = full
     env = SimpleNamespace(catalog=catalog)
     for c in (c for c in cells if c.stage == "loadtest"):
         hw = catalog.hardware[c.hardware]
         assert c.resources.accelerator == hw.accelerator_type and c.resources.gpus >= 1
-        served = _served(env, c, "/ckpt")
+        served = served_model(env, c, "/ckpt")
         assert served.accelerator == hw.accelerator_type
         assert served.tensor_parallel_size * served.pipeline_parallel_size == c.resources.gpus
 

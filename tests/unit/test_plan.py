@@ -35,6 +35,25 @@ def test_full_family_expands_every_combination():
     assert len({c.key for c in cells}) == len(cells)
 
 
+def test_the_bare_vllm_baseline_twins_every_load_test_and_leaves_serves_keys_alone():
+    plain = _cells("full_family.yaml")
+    cells = _cells("full_family.yaml", ["serve.bare_baseline=true"])
+    serve = [c for c in cells if c.stage == "loadtest"]
+    bare = {(c.model, c.format, c.hardware, c.use_case): c for c in cells if c.stage == "loadtest_bare"}
+    assert len(bare) == len(serve) == 3 * 4 * 3 * 7
+    assert {c.key for c in plain} == {c.key for c in cells if c.stage != "loadtest_bare"}
+    for c in serve:
+        twin = bare[(c.model, c.format, c.hardware, c.use_case)]
+        # the same checkpoint, GPUs, GPU kind and skip verdict; rows apart by the `server` partition
+        assert (twin.deps, twin.resources, twin.status, twin.reason) == (
+            c.deps,
+            c.resources,
+            c.status,
+            c.reason,
+        )
+        assert (c.server, twin.server) == ("ray-serve", "vllm-serve") and twin.key != c.key
+
+
 def test_dependencies_point_upstream_and_exist():
     cells = _cells()
     seen: set[str] = set()

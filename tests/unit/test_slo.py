@@ -117,7 +117,10 @@ def test_loadtest_fills_slo_and_cost_columns_from_committed_baseline(tmp_path):
     env = SimpleNamespace(
         out=root, sweep=SimpleNamespace(name="t", baseline="bf16", report=ReportConfig(slo=slo))
     )
-    cr = SimpleNamespace(env=env, cell=SimpleNamespace(model="m", format="int4", hardware="h", use_case="u"))
+    cr = SimpleNamespace(
+        env=env,
+        cell=SimpleNamespace(model="m", format="int4", hardware="h", use_case="u", server="ray-serve"),
+    )
     rows = [perf_row("t", "m", "int4", "h", "u", "sync", qps=2.0, qpd=720.0)]
     _judge(cr, rows, [[rec(0, 0.05, 0.01)]])
     assert rows[0]["slo_met"] is True and rows[0]["cost_reduction"] is None
@@ -125,3 +128,28 @@ def test_loadtest_fills_slo_and_cost_columns_from_committed_baseline(tmp_path):
     commit_rows(root, "perf", [perf_row("t", "m", "bf16", "h", "u", "sync", qps=1.0, qpd=360.0)])
     _judge(cr, rows, [[rec(0, 0.05, 0.01)]])
     assert rows[0]["cost_reduction"] == pytest.approx(2.0)
+
+
+def test_serve_overhead_pairs_each_serve_run_with_the_bare_run_of_the_same_load():
+    from cluster.report.serving import serve_overhead
+    from tests.report_fixture import perf_row
+
+    def row(server: str, mode: str, qps: float, ttft: float, e2el: float, rate=None, **kw) -> dict:
+        r = perf_row("t", "m", "bf16", "h", "u", mode, qps=qps, target_rate=rate, server=server, **kw)
+        return {**r, "completed": 10, "mean_ttft_ms": ttft, "mean_e2el_ms": e2el}
+
+    rows = [
+        row("ray-serve", "sync", 0.9, 55.0, 1100.0),
+        row("vllm-serve", "sync", 1.0, 50.0, 1000.0),
+        row("ray-serve", "async", 3.0, 80.0, 2000.0, rate=4.0, profile="constant"),
+        row("vllm-serve", "async", 4.0, 40.0, 1600.0, rate=4.0, profile="constant"),
+        row("ray-serve", "async", 2.0, 80.0, 2000.0, rate=2.0, profile="constant"),  # no bare twin
+        row("vllm-serve", "async", 9.0, 1.0, 1.0, rate=4.0, profile="poisson"),  # another profile
+    ]
+    got = {(r["mode"], r["target_rate"]): r for r in serve_overhead(rows)}
+    assert set(got) == {("sync", None), ("async", 4.0)}
+    assert got["sync", None]["throughput_ratio"] == pytest.approx(0.9)
+    assert got["sync", None]["ttft_overhead_pct"] == pytest.approx(10.0)
+    assert got["sync", None]["e2el_overhead_pct"] == pytest.approx(10.0)
+    assert got["async", 4.0]["throughput_ratio"] == pytest.approx(0.75)
+    assert got["async", 4.0]["ttft_overhead_pct"] == pytest.approx(100.0)
