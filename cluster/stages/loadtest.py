@@ -13,6 +13,7 @@ checkpoint and hardware (`open_remote`), shared by its use cases, deleted after 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from cluster.plan.cells import device_count
@@ -21,6 +22,7 @@ from cluster.stages.common import coords
 from cluster.stages.health import UNUSABLE
 from cluster.store.commit import CellResult
 from serve.config import api_key
+from serve.replicas import ReplicaWatch
 
 PERF_KEYS = (
     "completed",
@@ -130,6 +132,7 @@ def _perf_row(
     reason: str = "",
     rate: float | None = None,
     capacity: float | None = None,
+    replicas: tuple[int, int] | None = None,
 ) -> dict:
     from cluster.report.serving import COLUMNS
     from serve.sweep import client_bound
@@ -146,14 +149,43 @@ def _perf_row(
         "target_rate": rate,
         **{k: s.get(k) for k in PERF_KEYS},
         "loadgen_capacity_rps": capacity,
+        "replicas_min": replicas[0] if replicas else None,
+        "replicas_max": replicas[1] if replicas else None,
         "client_bound": bool(capacity) and not reason and client_bound(offered, capacity or 0.0),
         **dict.fromkeys(COLUMNS),  # filled by _judge once the cell's runs are in
     }
 
 
-def _request_rows(base: dict, mode: str, records: list) -> list[dict]:
-    keep = ("sweep", "model", "format", "hardware", "use_case", "server")
-    return [{**{k: base[k] for k in keep}, "mode": mode, **r.to_dict()} for r in records]
+def _request_rows(base: dict, mode: str, records: list, watch: ReplicaWatch) -> list[dict]:
+    keep = {k: base[k] for k in ("sweep", "model", "format", "hardware", "use_case", "server")}
+    return [{**keep, "mode": mode, **r.to_dict(), "replicas": watch.at(r.send_time)} for r in records]
+
+
+def _replica_counter(cr: CellRun, mid: str) -> Callable[[], int]:
+    """How to count the replicas serving the model: Serve's status, or 1 for bare `vllm serve`."""
+    from serve import app
+    from serve.replicas import running_replicas
+
+    if cr.cell.server == "vllm-serve":
+        return lambda: 1
+    if "served" not in cr.session:  # a server this stage did not deploy (tests): counts unknown
+
+        def unknown() -> int:
+            raise LookupError("no Serve deployment in this session")
+
+        return unknown
+    names = app.app_names(
+        cr.env.sweep.serve, deployment(cr.env, cr.session["served"], cr.session["hardware"])
+    )
+    mine = [n for n in names if n.endswith(f"-{mid}")] or names
+    return lambda: running_replicas(mine, mid)
+
+
+def _seen(watch: ReplicaWatch, records: list) -> tuple[int, int] | None:
+    """(least, most) replicas while a run's requests were out, warm-up included."""
+    if not records:
+        return None
+    return watch.span(min(r.send_time for r in records), max(r.send_time + (r.end_s or 0.0) for r in records))
 
 
 def _async_runs(
@@ -266,35 +298,43 @@ def measure(cr: CellRun, url: str) -> CellResult:
     prompts = loadgen.make_prompts(len(tok), pt, n, env.sweep.seed, tok.all_special_ids)
     cr.report("measuring the load generator's own capacity")
     capacity = client_capacity(ot)
-    cr.report("synchronous load")
-    sync = loadgen.run_synchronous(
-        url,
-        mid,
-        prompts,
-        ot,
-        api_key=api_key(sv),
-        timeout_s=sv.request_timeout_s,
-        warmup=sv.warmup_requests,
-        max_requests=sv.sync_requests,
-    )
+    with ReplicaWatch(_replica_counter(cr, mid)) as watch:
+        cr.report("synchronous load")
+        sync = loadgen.run_synchronous(
+            url,
+            mid,
+            prompts,
+            ot,
+            api_key=api_key(sv),
+            timeout_s=sv.request_timeout_s,
+            warmup=sv.warmup_requests,
+            max_requests=sv.sync_requests,
+        )
+        if sv.profile != "synchronous":
+            cr.report(f"asynchronous load ({sv.profile})")
+        async_runs = _async_runs(cr, url, mid, prompts, ot)
     s_sum = metrics.summarize(sync)
     latency_s = (s_sum.get("mean_e2el_ms") or float("nan")) / 1000.0
     s_qpd = cost.queries_per_dollar_sync(latency_s, price) if s_sum.get("completed") else None
-    perf = [_perf_row(base, "sync", "synchronous", s_sum, s_qpd, capacity=capacity)]
+    perf = [
+        _perf_row(base, "sync", "synchronous", s_sum, s_qpd, capacity=capacity, replicas=_seen(watch, sync))
+    ]
     runs = [sync]
-    reqs, files = _request_rows(base, "sync", sync), dict([_export(cr, base, "sync", None, s_sum, sync)])
-    if sv.profile != "synchronous":
-        cr.report(f"asynchronous load ({sv.profile})")
-    for profile, rate, recs in _async_runs(cr, url, mid, prompts, ot):
+    reqs = _request_rows(base, "sync", sync, watch)
+    files = dict([_export(cr, base, "sync", None, s_sum, sync)])
+    for profile, rate, recs in async_runs:
         a_sum = metrics.summarize(recs)
         a_qpd = (
             cost.queries_per_dollar_async(a_sum["request_throughput"], price)
             if a_sum.get("completed")
             else None
         )
-        perf.append(_perf_row(base, "async", profile, a_sum, a_qpd, rate=rate, capacity=capacity))
+        seen = _seen(watch, recs)
+        perf.append(
+            _perf_row(base, "async", profile, a_sum, a_qpd, rate=rate, capacity=capacity, replicas=seen)
+        )
         runs.append(recs)
-        reqs += _request_rows(base, "async", recs)
+        reqs += _request_rows(base, "async", recs, watch)
         files.update([_export(cr, base, "async", rate, a_sum, recs)])
     _judge(cr, perf, runs)
     note = f"{c.server}: sync {s_sum.get('mean_e2el_ms') or 0:.0f} ms/request" + (

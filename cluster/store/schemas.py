@@ -151,6 +151,7 @@ REQUESTS = _schema(
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string(), nullable=False),
     pa.field("warmup", pa.bool_(), nullable=False),
+    pa.field("replicas", pa.int64()),  # replicas serving the model when the request was sent
     extra_keys=("hardware", "use_case", "server"),
 )
 
@@ -181,6 +182,8 @@ PERF = _schema(
     pa.field("queries_per_dollar", _F64),
     pa.field("loadgen_capacity_rps", _F64),
     pa.field("client_bound", pa.bool_(), nullable=False),
+    pa.field("replicas_min", pa.int64()),  # replicas serving the model during the run (autoscaling)
+    pa.field("replicas_max", pa.int64()),
     pa.field("engine_args", pa.string(), nullable=False),
     pa.field("deployment_config", pa.string(), nullable=False),  # Ray Serve replicas / autoscaling
     # judged against the sweep's `report.slo` (described in `slo`; the report re-judges from `requests`):

@@ -65,6 +65,7 @@ def test_both_servers_measured_the_same_constant_load_into_the_same_datasets(ser
     for r in perf:
         assert r["status"] == "measured" and r["completed"] > 0 and r["failed"] == 0, r
         assert r["mean_ttft_ms"] > 0 and r["request_throughput"] > 0
+        assert r["replicas_min"] == r["replicas_max"] == 1  # Serve's status, sampled: one fixed replica
     by_server = {s: [r for r in perf if r["server"] == s] for s in ("ray-serve", "vllm-serve")}
     # the same engine arguments and offered rate; only the server differs
     assert {r["engine_args"] for r in perf} == {by_server["ray-serve"][0]["engine_args"]}
@@ -74,6 +75,7 @@ def test_both_servers_measured_the_same_constant_load_into_the_same_datasets(ser
     for server, perf_rows in by_server.items():
         sent = [r for r in reqs if r["server"] == server and not r["warmup"]]
         assert len(sent) == sum(r["completed"] + r["failed"] for r in perf_rows)
+        assert {r["replicas"] for r in sent} == {1}
         constant = sorted(r["send_time"] for r in sent if r["profile"] == "constant")
         gaps = [b - a for a, b in zip(constant, constant[1:], strict=False)]
         assert gaps and max(abs(g - 0.25) for g in gaps) < 0.1  # 4/s, evenly spaced: not Poisson

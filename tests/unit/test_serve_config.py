@@ -143,3 +143,29 @@ def test_start_refuses_unsafe_or_unprepared_configs_before_touching_ray(monkeypa
             monkeypatch.delenv(k, raising=False)
     with pytest.raises(ServeError, match=match):
         start(ServeConfig(**kw), EngineConfig(), _dep())
+
+
+def test_a_replica_watch_gives_each_request_the_count_when_it_was_sent():
+    import time
+
+    from serve.replicas import ReplicaWatch
+
+    counts = iter([1, 1, 2, 2, 2, 2, 2, 2, 2, 2])
+    with ReplicaWatch(lambda: next(counts), interval_s=0.05) as watch:
+        time.sleep(0.3)
+    assert watch.counts[:3] == [1, 1, 2] and len(watch.times) == len(watch.counts) >= 4
+    t0, t1, t2 = watch.times[:3]
+    assert watch.at(t0 - 10) == 1  # before the first sample: the first count
+    assert watch.at((t1 + t2) / 2) == 1 and watch.at(t2) == 2 and watch.at(t2 + 100) == watch.counts[-1]
+    assert watch.span(t0, t1) == (1, 1) and watch.span(t0, t2) == (1, 2) and watch.span(t2, t2 + 9) == (2, 2)
+
+
+def test_a_replica_watch_whose_status_call_fails_records_nothing():
+    from serve.replicas import ReplicaWatch
+
+    def broken() -> int:
+        raise ConnectionError("no Serve controller")
+
+    with ReplicaWatch(broken, interval_s=0.01) as watch:
+        pass
+    assert watch.at(0.0) is None and watch.span(0.0, 1.0) is None
