@@ -8,7 +8,9 @@ process (Ray Serve reads its switches from the environment when it is imported):
                   serving vLLM's own OpenAI app (one hop; serve/app.py);
   proxy           Ray Serve LLM's classic layout: HTTP proxy actor -> OpenAI ingress replica -> LLM
                   server replica (two hops), stream chunks batched every 50 ms;
-  haproxy-unbatched, proxy-unbatched   the same with Ray Serve LLM's stream batching off.
+  haproxy-unbatched, proxy-unbatched   the same with Ray Serve LLM's stream batching off;
+  haproxy-mp      haproxy with the engine core in a process of its own (serve.engine_in_process:
+                  false), as bare `vllm serve` runs it, instead of inside the replica's process.
 All variants run in turn, `--rounds` times over, so each ratio pairs runs close in time (a shared
 2-core machine drifts by tens of percent between minutes). Prints throughput, TTFT p50/p99 and ITL
 p50 for every run, then per variant the median over rounds of the paired throughput ratio vs bare
@@ -33,11 +35,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROXY_PORT, BARE_PORT = 8311, 8312
-VARIANTS = {  # name -> (serve.ingress, stream batching interval in ms; None = Ray's default)
-    "haproxy": ("haproxy", None),
-    "proxy": ("proxy", None),
-    "haproxy-unbatched": ("haproxy", 0.0),
-    "proxy-unbatched": ("proxy", 0.0),
+# name -> (serve.ingress, stream batching interval in ms (None = Ray's default), the engine core in
+# the replica's own process (CPU default) or in a process of its own, as bare `vllm serve` runs it)
+VARIANTS = {
+    "haproxy": ("haproxy", None, True),
+    "proxy": ("proxy", None, True),
+    "haproxy-unbatched": ("haproxy", 0.0, True),
+    "proxy-unbatched": ("proxy", 0.0, True),
+    "haproxy-mp": ("haproxy", None, False),
 }
 DEFAULT = "bare,haproxy,proxy"
 STALL = 5.0  # a run's TTFT p99 over this multiple of its variant's median run is a stall
@@ -88,8 +93,8 @@ def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, o
     sweep, _ = load_sweep(REPO / "sweeps" / "smoke.yaml")
     assets = tinymodel.build(Path(tempfile.gettempdir()) / "qs-bench-cache")
     model = app.ServedModel("tiny", str(assets.model_dir))
-    ingress, interval = VARIANTS.get(variant, ("haproxy", None))
-    cfg = dataclasses.replace(sweep.serve, port=PROXY_PORT, ingress=ingress)
+    ingress, interval, in_process = VARIANTS.get(variant, ("haproxy", None, True))
+    cfg = dataclasses.replace(sweep.serve, port=PROXY_PORT, ingress=ingress, engine_in_process=in_process)
     spec = app.Deployment(
         (model,), cpu=True, host=detect(), app_name="bench", stream_batching_interval_ms=interval
     )

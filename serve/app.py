@@ -123,7 +123,7 @@ def _llm_config(cfg: ServeConfig, engine: EngineConfig, dep: Deployment, model: 
 
     env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", **ray_env(cfg.ingress), **dep.extra_env}
     extra: dict[str, Any] = {}
-    uni = dep.cpu and model.tensor_parallel_size == 1
+    uni = dep.cpu and model.tensor_parallel_size == 1 and cfg.engine_in_process
     if uni:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if dep.cpu:
