@@ -222,8 +222,15 @@ class Executor:
     def _can_start(self, cell: Cell, weight: int) -> bool:
         if not self.local:
             return True
-        if cell.resources.exclusive:  # alone: no other running cell and no engine session
-            return not self.running and not any(s.kind == "engines" for s in self.sessions.values())
+        if cell.resources.exclusive:  # alone: no other running cell, engine session or starting deployment
+            sessions = list(self.sessions.values())
+            # a cell that brings its own server (bare `vllm serve`) also waits until no Serve app is up
+            own_server = registry.STAGES[cell.stage].session is None
+            return not (
+                self.running
+                or any(s.kind == "engines" or s.opening is not None for s in sessions)
+                or (own_server and sessions)
+            )
         if self._measuring():
             return False
         return self._used() + weight <= self.capacity

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,9 @@ def test_both_servers_measured_the_same_constant_load_into_the_same_datasets(ser
         assert {r["replicas"] for r in sent} == {1}
         constant = sorted(r["send_time"] for r in sent if r["profile"] == "constant")
         gaps = [b - a for a, b in zip(constant, constant[1:], strict=False)]
-        assert gaps and max(abs(g - 0.25) for g in gaps) < 0.1  # 4/s, evenly spaced: not Poisson
+        # 4/s evenly spaced, not Poisson (whose median gap would be 0.17 s); a busy 2-core host
+        # delays a send now and then (one gap of 0.47 s seen), so the median is what is asserted
+        assert gaps and statistics.median(abs(g - 0.25) for g in gaps) < 0.01
 
 
 def test_the_report_prints_serves_overhead_over_bare_vllm(serving):

@@ -181,3 +181,32 @@ def test_a_cluster_of_cpu_engines_runs_no_more_at_once_than_the_cores(monkeypatc
         ex.running[f"q{i}"] = executor._Running(cell(f"q{i}", gpus=0), 0.0)
     assert ex._can_start(next(c for c in cells if c.stage == "quantize"), 1) is gpu
     assert ex.capacity == (10**6 if gpu else env.host.cores)
+
+
+def test_a_bare_vllm_measurement_waits_for_serves_deployment_to_start_and_go(monkeypatch):
+    """On one host a measurement runs alone: the bare `vllm serve` cell neither overlaps a Serve
+    replica starting (its engine load takes the cores) nor runs beside a live Serve app."""
+    from rich.console import Console
+
+    from cluster.config.loader import load_sweep
+    from cluster.plan.cells import plan
+    from cluster.run import executor
+    from cluster.run.env import RunEnv
+    from cluster.run.sessions import Session
+    from cluster.store.provenance import Provenance
+    from tests.helpers import host_profile
+
+    monkeypatch.setattr(executor, "for_cluster", lambda env, cells: None)
+    sweep, cat = load_sweep(REPO / "sweeps" / "smoke.yaml", ["serve.bare_baseline=true"])
+    env = RunEnv(sweep, cat, "/nonexistent", host_profile(), Provenance("t", "t", 0), gpu=False)
+    cells = plan(sweep, cat, env.host)
+    ex = executor.Executor(env, cells, Console(), fresh=True, on_cluster=False)
+    bare = next(c for c in cells if c.stage == "loadtest_bare" and c.format == "bf16")
+    serve = next(c for c in cells if c.stage == "loadtest" and c.format == "bf16")
+    assert ex._can_start(bare, 0)
+    ex.sessions["serve:a"] = Session("serve:a", "serve", opening=object())  # a deployment starting
+    assert not ex._can_start(bare, 0) and not ex._can_start(serve, 0)
+    ex.sessions["serve:a"].opening = None  # up: its own load tests may run, the bare one waits
+    assert ex._can_start(serve, 0) and not ex._can_start(bare, 0)
+    del ex.sessions["serve:a"]
+    assert ex._can_start(bare, 0)
