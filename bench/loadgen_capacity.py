@@ -332,7 +332,7 @@ def main() -> None:
     parser.add_argument("--guidellm", default=str(REPO / ".venv-tools" / "bin" / "guidellm"))
     parser.add_argument(
         "--rates",
-        default="200,400,800,1200,1600,2000,2400,2800,3200,3600,4000,4800,5600,6400",
+        default="50,100,200,400,800,1200,1600,2000,2400,2800,3200,3600,4000,4800,5600,6400",
         help="offered req/s, ascending",
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="requests per step = rate x seconds")
