@@ -193,6 +193,7 @@ def _cell_perf(fmt: str, uc: str, rng) -> tuple[list[dict], list[dict]]:
                 "server": "ray-serve",
                 "mode": mode,
                 **r.to_dict(),
+                "replicas": 1,
             }
             for r in recs
         ]
