@@ -35,9 +35,10 @@ def test_a_crashed_anchor_is_not_measured_and_exits_non_zero(capsys):
     assert code == 1
     assert "ratio ours / vllm bench serve: not measured (vllm bench serve failed: exit -4" in out
     assert "inf" not in out and ": met" not in out
-    assert "goal >= 2x the better one: not measured (vllm bench serve gave no measurement)" in out
+    assert "goal >= 3x the better one: not measured (vllm bench serve gave no measurement)" in out
     assert "ratio ours / guidellm: 2.00x" in out  # the comparison that was measured is still shown
     ok = [lc.Step(200, 600, 0, 3.0), lc.Step(400, 100, 1100, 3.0)]
+    ours = [lc.Step(r, int(r * 3), 0, 3.0) for r in (200, 400, 600)]  # 3x the better anchor's 200
     assert (
         lc.report(
             {"ours": ours, "vllm bench serve": ok, "guidellm": guide},
