@@ -15,7 +15,7 @@ SERVE_INGRESS = ("haproxy", "proxy")
 # synchronous always runs first; this picks the asynchronous measurement ("synchronous": none)
 LOAD_PROFILES = ("synchronous", "poisson", "constant", "concurrent", "sweep")
 # which server a load test measured: quantsweep's Ray Serve app, or bare `vllm serve` (the baseline)
-SERVERS = ("ray-serve", "vllm-serve")
+SERVERS = (RAY_SERVE, VLLM_SERVE) = ("ray-serve", "vllm-serve")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 

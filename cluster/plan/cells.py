@@ -32,6 +32,7 @@ from cluster.plan import placement as P
 from cluster.plan.keys import content_key, versions
 from cluster.plan.placement import device_count
 from serve import engine as engine_spec
+from serve.config import RAY_SERVE, VLLM_SERVE
 from serve.host import HostProfile
 
 __all__ = ["STAGES", "Cell", "Resources", "device_count", "plan", "route", "serve_skip_reason"]
@@ -111,7 +112,7 @@ class Cell:
     @property
     def server(self) -> str:
         """The server a load-test cell measures: Ray Serve, or bare `vllm serve` (the baseline)."""
-        return "vllm-serve" if self.stage == "loadtest_bare" else "ray-serve"
+        return VLLM_SERVE if self.stage == "loadtest_bare" else RAY_SERVE
 
     @property
     def label(self) -> str:

@@ -16,11 +16,11 @@ from typing import Any
 
 from cluster.config.schema import ReportConfig, SloConfig
 from cluster.report import serving
+from serve.config import RAY_SERVE, VLLM_SERVE
 from serve.records import RequestRecord
 
 Row = dict[str, Any]
 RunKey = tuple[str, str, str, str, str, str, str, str, float | None]
-SERVE, BARE = "ray-serve", "vllm-serve"  # perf / requests `server` (serve.config.SERVERS)
 NONE = SloConfig(name="none", ttft_ms=None, tpot_ms=None)  # the study's view: latency unconstrained
 _REQUEST_COLUMNS = [
     "sweep",
@@ -50,13 +50,13 @@ def run_key(row: Row) -> RunKey:
     rate = row.get("target_rate")
     rate = None if rate is None or (isinstance(rate, float) and math.isnan(rate)) else round(float(rate), 9)
     keys = ("sweep", "model", "format", "hardware", "use_case", "mode", "profile")
-    return (*(row[k] for k in keys), row.get("server") or SERVE, rate)  # type: ignore[return-value]
+    return (*(row[k] for k in keys), row.get("server") or RAY_SERVE, rate)  # type: ignore[return-value]
 
 
 def cell_key(row: Row) -> tuple[str, ...]:
     """The loadtest cell a perf row belongs to."""
     cell = tuple(row[k] for k in ("sweep", "model", "format", "hardware", "use_case"))
-    return (*cell, row.get("server") or SERVE)
+    return (*cell, row.get("server") or RAY_SERVE)
 
 
 @dataclass
@@ -173,8 +173,8 @@ def load(root: Path | str) -> RunData:
     perf = rows(root, "perf")
     return RunData(
         root=root,
-        perf=[r for r in perf if r.get("server") != BARE],
-        bare=[r for r in perf if r.get("server") == BARE],
+        perf=[r for r in perf if r.get("server") != VLLM_SERVE],
+        bare=[r for r in perf if r.get("server") == VLLM_SERVE],
         recovery=rows(root, "recovery"),
         scores=rows(root, "eval_scores"),
         quantized=rows(root, "quantized"),

@@ -17,6 +17,7 @@ from typing import Any
 
 from serve import cost
 from serve import slo as slo_mod
+from serve.config import RAY_SERVE, VLLM_SERVE
 from serve.records import RequestRecord
 
 Row = dict[str, Any]
@@ -137,11 +138,11 @@ def serve_overhead(rows: Sequence[Row]) -> list[Row]:
     overheads in percent of bare's. Runs measured on one server only are left out.
     """
     measured = [r for r in rows if r.get("status") == "measured" and r.get("completed")]
-    bare = {tuple(r[k] for k in OVERHEAD_RUN): r for r in measured if r.get("server") == "vllm-serve"}
+    bare = {tuple(r[k] for k in OVERHEAD_RUN): r for r in measured if r.get("server") == VLLM_SERVE}
     out = []
     for r in measured:
         b = bare.get(tuple(r[k] for k in OVERHEAD_RUN))
-        if r.get("server") != "ray-serve" or b is None:
+        if r.get("server") != RAY_SERVE or b is None:
             continue
         out.append(
             {

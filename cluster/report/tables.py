@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.plan.cells import Cell
+from serve.config import VLLM_SERVE
 
 
 def _num(x: Any, fmt: str = "{:.2f}") -> str:
@@ -175,7 +176,7 @@ def overhead_table(rows: list[dict]) -> Table:
 
 def _serve_perf_table(rows: list[dict]) -> Table:
     """The performance table of Serve's (and imported) rows; bare runs go to the overhead table."""
-    return perf_table([r for r in rows if r.get("server") != "vllm-serve"])
+    return perf_table([r for r in rows if r.get("server") != VLLM_SERVE])
 
 
 def trials_table(rows: list[dict]) -> Table:
@@ -295,7 +296,7 @@ def print_report(console: Console, root: Path | str, sweep: str) -> None:
         data = rows(root, name, sweep=sweep)
         if data:
             console.print(make(data))
-        if name == "perf" and any(r.get("server") == "vllm-serve" for r in data):
+        if name == "perf" and any(r.get("server") == VLLM_SERVE for r in data):
             console.print(overhead_table(data))
     from cluster.report.proxies import correlation_rows, correlation_table
 

@@ -21,7 +21,7 @@ from cluster.run.env import CellRun, RunEnv
 from cluster.stages.common import coords
 from cluster.stages.health import UNUSABLE
 from cluster.store.commit import CellResult
-from serve.config import api_key
+from serve.config import VLLM_SERVE, api_key
 from serve.replicas import ReplicaWatch
 
 PERF_KEYS = (
@@ -105,7 +105,7 @@ def _base(cr: CellRun) -> dict[str, Any]:
     from serve.engine import engine_kwargs
 
     served_by = {**app.deployment_config(env.sweep.serve), "ingress": env.sweep.serve.ingress}
-    if c.server == "vllm-serve":  # one bare `vllm serve` process: no replicas, no ingress
+    if c.server == VLLM_SERVE:  # one bare `vllm serve` process: no replicas, no ingress
         served_by = {"num_replicas": 1, "ingress": "none"}
     deployment = json.dumps(served_by, sort_keys=True)
     return {
@@ -166,7 +166,7 @@ def _replica_counter(cr: CellRun, mid: str) -> Callable[[], int]:
     from serve import app
     from serve.replicas import running_replicas
 
-    if cr.cell.server == "vllm-serve":
+    if cr.cell.server == VLLM_SERVE:
         return lambda: 1
     if "served" not in cr.session:  # a server this stage did not deploy (tests): counts unknown
 
