@@ -260,13 +260,26 @@ def wait_ready(base_url: str, model_ids: list[str], api_key: str | None, timeout
         raise ServeError(f"Serve app not ready after {timeout_s:.0f}s ({pending[0]}): {last}")
 
 
-def stop(cfg: ServeConfig, dep: Deployment, timeout_s: float = 120.0) -> None:
-    """Delete the deployment's applications (and their replicas), all at once, and wait until gone."""
+def delete(cfg: ServeConfig, dep: Deployment) -> list[str]:
+    """Ask Serve to delete the deployment's applications (and their replicas); return their names."""
     from ray import serve
 
     names = app_names(cfg, dep)
     for name in names:
         serve.delete(name, _blocking=False)
+    return names
+
+
+def remaining(names: list[str]) -> list[str]:
+    """Those of `names` Serve still runs (deleting takes a while: replicas drain and their engines stop)."""
+    from ray import serve
+
+    return sorted(set(names) & set(serve.status().applications))
+
+
+def stop(cfg: ServeConfig, dep: Deployment, timeout_s: float = 120.0) -> None:
+    """Delete the deployment's applications (and their replicas), all at once, and wait until gone."""
+    names = delete(cfg, dep)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and set(names) & set(serve.status().applications):
+    while time.monotonic() < deadline and remaining(names):
         time.sleep(1)

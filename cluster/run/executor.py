@@ -33,6 +33,7 @@ from cluster.store import manifest
 from cluster.store.commit import CellResult, commit
 
 MAX_ATTEMPTS = 3
+CLOSE_TIMEOUT_S = 120.0  # a Serve deployment not gone by then no longer holds the next one back
 OK = ("done", "skipped")
 
 
@@ -66,6 +67,7 @@ class Executor:
         self.manifests: dict[str, dict] = {}
         self.running: dict[Any, _Running] = {}
         self.sessions: dict[str, Session] = {}
+        self.closing: dict[str, tuple[list[str], float]] = {}  # Serve apps being deleted: names, deadline
         self.attempts: dict[str, int] = {}
         self.pool = HostPool(env)
         # CPU engine hosts are pinned to this host's cores and ask Ray for none (engine_host.cpu_host),
@@ -228,6 +230,7 @@ class Executor:
             own_server = registry.STAGES[cell.stage].session is None
             return not (
                 self.running
+                or self.closing  # a deployment still stopping holds cores
                 or any(s.kind == "engines" or s.opening is not None for s in sessions)
                 or (own_server and sessions)
             )
@@ -239,7 +242,7 @@ class Executor:
         """Room for a new session (a Serve deployment starts while other cells run; one at a time)."""
         if not self.local:
             return True
-        if kind == "serve" and any(s.kind == "serve" for s in self.sessions.values()):
+        if kind == "serve" and (self.closing or any(s.kind == "serve" for s in self.sessions.values())):
             return False
         return not self._measuring() and self._used() + n <= self.capacity
 
@@ -399,7 +402,21 @@ class Executor:
         elif s.handle is not None and not self.env.sweep.serve.keep:
             from cluster.stages.loadtest import close_session
 
-            close_session(self.env, s)
+            # deleting takes half a minute on a CPU host: other cells go on meanwhile; a measurement
+            # or another deployment waits until it is gone (`_reap`)
+            self.closing[s.key] = (close_session(self.env, s), time.monotonic() + CLOSE_TIMEOUT_S)
+
+    def _reap(self, wait: bool = False) -> None:
+        """Forget Serve deployments that are gone (or past their deadline); `wait`: until all are."""
+        from serve.app import remaining
+
+        while self.closing:
+            for key, (names, deadline) in list(self.closing.items()):
+                if time.monotonic() > deadline or not remaining(names):
+                    del self.closing[key]
+            if not wait or not self.closing:
+                return
+            time.sleep(1)
 
     # --- the loop ----------------------------------------------------------------------------------
 
@@ -423,7 +440,7 @@ class Executor:
                 self.console.log(f"  {r.cell.label}: {steps[r.cell.key]} ({clock(time.time() - r.started)})")
 
     def _stuck(self) -> bool:
-        if self.running or any(s.opening is not None for s in self.sessions.values()):
+        if self.running or self.closing or any(s.opening is not None for s in self.sessions.values()):
             return False
         for s in list(self.sessions.values()):
             self._close(s)
@@ -438,6 +455,7 @@ class Executor:
         self.board = start_board()
         try:
             while self._pending() or self.running:
+                self._reap()
                 self._settle()
                 self._dispatch()
                 waiting = self.policy is not None and self.policy.waiting()  # schedule: nodes may still join
@@ -450,6 +468,7 @@ class Executor:
         finally:
             for s in list(self.sessions.values()):
                 self._close(s)
+            self._reap(wait=True)
             self.pool.close()
         self._progress(force=True)
         summary.done = sum(1 for s in self.state.values() if s == "done")

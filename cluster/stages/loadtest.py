@@ -87,12 +87,13 @@ def open_remote(env: RunEnv, members: list[tuple[Any, dict[str, dict]]]) -> Any:
     return ray.remote(num_cpus=0)(_start).remote(env, served, hardware)
 
 
-def close_session(env: RunEnv, session: Any) -> None:
-    """Delete the session's Serve apps."""
+def close_session(env: RunEnv, session: Any) -> list[str]:
+    """Ask Serve to delete the session's apps; returns their names (`serve.app.remaining` tells
+    when they are gone)."""
     from serve import app
 
     h = session.handle
-    app.stop(env.sweep.serve, deployment(env, h["served"], h["hardware"]))
+    return app.delete(env.sweep.serve, deployment(env, h["served"], h["hardware"]))
 
 
 def _base(cr: CellRun) -> dict[str, Any]:

@@ -210,3 +210,40 @@ def test_a_bare_vllm_measurement_waits_for_serves_deployment_to_start_and_go(mon
     assert ex._can_start(serve, 0) and not ex._can_start(bare, 0)
     del ex.sessions["serve:a"]
     assert ex._can_start(bare, 0)
+
+
+def test_a_stopping_deployment_holds_back_measurements_only(monkeypatch):
+    """Deleting a Serve app takes half a minute on a CPU host: the executor asks and goes on. Light
+    cells start meanwhile; a measurement or a new deployment waits until Serve no longer lists it."""
+    from rich.console import Console
+
+    from cluster.config.loader import load_sweep
+    from cluster.plan.cells import plan
+    from cluster.run import executor
+    from cluster.run.env import RunEnv
+    from cluster.run.sessions import Session
+    from cluster.stages import loadtest
+    from cluster.store.provenance import Provenance
+    from serve import app
+    from tests.helpers import host_profile
+
+    monkeypatch.setattr(executor, "for_cluster", lambda env, cells: None)
+    sweep, cat = load_sweep(REPO / "sweeps" / "smoke.yaml", ["serve.bare_baseline=true"])
+    env = RunEnv(sweep, cat, "/nonexistent", host_profile(), Provenance("t", "t", 0), gpu=False)
+    cells = plan(sweep, cat, env.host)
+    ex = executor.Executor(env, cells, Console(), fresh=True, on_cluster=False)
+    asked: list[str] = []
+    listed = {"quantsweep-a"}
+    monkeypatch.setattr(loadtest, "close_session", lambda env, s: asked.append(s.key) or ["quantsweep-a"])
+    monkeypatch.setattr(app, "remaining", lambda names: sorted(listed & set(names)))
+    bare = next(c for c in cells if c.stage == "loadtest_bare")
+    light = next(c for c in cells if c.stage == "recovery")
+
+    ex._close(Session("serve:a", "serve", handle={"served": {}, "hardware": "cpu-local"}))
+    assert asked == ["serve:a"] and "serve:a" in ex.closing and "serve:a" not in ex.sessions
+    ex._reap()  # still listed: still closing
+    assert not ex._can_start(bare, 0) and not ex._can_open("serve", 1)
+    assert ex._can_start(light, 1)
+    listed.clear()
+    ex._reap()
+    assert not ex.closing and ex._can_start(bare, 0) and ex._can_open("serve", 1)
