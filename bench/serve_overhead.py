@@ -11,6 +11,10 @@ process (Ray Serve reads its switches from the environment when it is imported):
   haproxy-unbatched, proxy-unbatched   the same with Ray Serve LLM's stream batching off;
   haproxy-mp      haproxy with the engine core in a process of its own (serve.engine_in_process:
                   false), as bare `vllm serve` runs it, instead of inside the replica's process.
+  haproxy-1t      haproxy with one HAProxy thread (RAY_SERVE_HAPROXY_NBTHREAD=1; Ray's default is 4,
+                  on a 2-core host).
+  bare-ray        a control: bare `vllm serve` while a local Ray with Serve started (controller,
+                  HAProxy, no application) idles beside it, as it does beside every Serve variant.
 All variants run in turn, `--rounds` times over, so each ratio pairs runs close in time (a shared
 2-core machine drifts by tens of percent between minutes). Prints throughput, TTFT p50/p99 and ITL
 p50 for every run, then per variant the median over rounds of the paired throughput ratio vs bare
@@ -43,7 +47,10 @@ VARIANTS = {
     "haproxy-unbatched": ("haproxy", 0.0, True),
     "proxy-unbatched": ("proxy", 0.0, True),
     "haproxy-mp": ("haproxy", None, False),
+    "haproxy-1t": ("haproxy", None, True),
 }
+VARIANT_ENV = {"haproxy-1t": {"RAY_SERVE_HAPROXY_NBTHREAD": "1"}}  # read when Ray Serve is imported
+BARE_BESIDE_RAY = "bare-ray"  # the control: bare `vllm serve` with an idle Ray + Serve beside it
 DEFAULT = "bare,haproxy,proxy"
 STALL = 5.0  # a run's TTFT p99 over this multiple of its variant's median run is a stall
 
@@ -113,17 +120,23 @@ def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, o
         )
         return {**metrics.summarize(recs), "url": url}
 
-    if variant == "bare":
-        from serve.bare import vllm_serve
+    from serve.bare import vllm_serve
 
+    if variant == "bare":
         with vllm_serve(cfg, sweep.engine, spec, model, port=BARE_PORT) as url:
             return load(url)
     import ray
 
-    env = app.ray_env(ingress)
+    env = {**app.ray_env(ingress), **VARIANT_ENV.get(variant, {})}
     os.environ.update(env)
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     try:
+        if variant == BARE_BESIDE_RAY:
+            from ray import serve
+
+            serve.start(http_options={"host": cfg.host, "port": cfg.port})
+            with vllm_serve(cfg, sweep.engine, spec, model, port=BARE_PORT) as url:
+                return load(url)
         url = app.start(cfg, sweep.engine, spec)["tiny"]
         try:
             return load(url)
@@ -139,7 +152,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=32)
-    parser.add_argument("--variants", default=DEFAULT, help=f"any of bare,{','.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=DEFAULT, help=f"any of bare,{BARE_BESIDE_RAY},{','.join(VARIANTS)}"
+    )
     parser.add_argument("--rounds", type=int, default=7, help="alternate all variants this many times")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -148,9 +163,9 @@ def main() -> None:
         print("RESULT " + json.dumps(measure(args.child, *sizes)))
         return
     names = args.variants.split(",")
-    unknown = [n for n in names if n != "bare" and n not in VARIANTS]
+    unknown = [n for n in names if n not in ("bare", BARE_BESIDE_RAY) and n not in VARIANTS]
     if unknown:
-        parser.error(f"unknown variant(s) {unknown}; choose from {['bare', *VARIANTS]}")
+        parser.error(f"unknown variant(s) {unknown}; choose from {['bare', BARE_BESIDE_RAY, *VARIANTS]}")
     print(
         f"{args.requests} requests at concurrency {args.concurrency}, "
         f"{args.prompt_tokens} -> {args.output_tokens} tokens",
