@@ -408,6 +408,8 @@ class Executor:
 
     def _reap(self, wait: bool = False) -> None:
         """Forget Serve deployments that are gone (or past their deadline); `wait`: until all are."""
+        if not self.closing:  # every loop asks: nothing to import or query when no app is stopping
+            return
         from serve.app import remaining
 
         while self.closing:
