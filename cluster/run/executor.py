@@ -16,7 +16,9 @@ the reason); the hooks that call it are marked `schedule:`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from rich.console import Console
@@ -420,6 +422,24 @@ class Executor:
                 return
             time.sleep(1)
 
+    def _shutdown(self) -> None:
+        """Close every session, wait for Serve's deletes, stop the engine hosts. Each step is tried
+        even if one before it failed, and a failure (Ray already gone after an interrupted run, say)
+        is one console line: it must not replace the error that ended the run, if any."""
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"close {s.key}", partial(self._close, s)) for s in list(self.sessions.values())
+        ]
+        steps += [
+            ("wait for Serve's deletes", lambda: self._reap(wait=True)),
+            ("stop engine hosts", self.pool.close),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - shutdown goes on; the run's own outcome stands
+                self.console.log(f"shutdown: {what} failed: {type(e).__name__}: {e}")
+        self.closing.clear()
+
     # --- the loop ----------------------------------------------------------------------------------
 
     def _progress(self, force: bool = False) -> None:
@@ -468,10 +488,7 @@ class Executor:
                 self._collect(timeout=min(5.0, self.env.sweep.run.progress_every_s))
                 self._progress()
         finally:
-            for s in list(self.sessions.values()):
-                self._close(s)
-            self._reap(wait=True)
-            self.pool.close()
+            self._shutdown()
         self._progress(force=True)
         summary.done = sum(1 for s in self.state.values() if s == "done")
         summary.skipped = sum(1 for s in self.state.values() if s == "skipped")

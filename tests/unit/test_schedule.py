@@ -247,3 +247,46 @@ def test_a_stopping_deployment_holds_back_measurements_only(monkeypatch):
     listed.clear()
     ex._reap()
     assert not ex.closing and ex._can_start(bare, 0) and ex._can_open("serve", 1)
+
+
+def test_a_failing_shutdown_does_not_hide_the_error_that_ended_the_run(monkeypatch):
+    """After an interrupted run Ray may already be gone: closing the sessions, polling Serve's deletes
+    and stopping the hosts then raise too. Each is tried and logged in one line; the run's own error
+    is the one that propagates."""
+    from rich.console import Console
+
+    from cluster.config.loader import load_sweep
+    from cluster.plan.cells import plan
+    from cluster.run import executor
+    from cluster.run.env import RunEnv
+    from cluster.run.sessions import Session
+    from cluster.stages import loadtest
+    from cluster.store.provenance import Provenance
+    from serve import app
+    from tests.helpers import host_profile
+
+    def gone(*_: object) -> None:
+        raise ConnectionError("Ray is not running")
+
+    monkeypatch.setattr(executor, "for_cluster", lambda env, cells: None)
+    monkeypatch.setattr(executor, "start_board", lambda: None)
+    monkeypatch.setattr(loadtest, "close_session", gone)
+    monkeypatch.setattr(app, "remaining", gone)
+    sweep, cat = load_sweep(REPO / "sweeps" / "smoke.yaml")
+    env = RunEnv(sweep, cat, "/nonexistent", host_profile(), Provenance("t", "t", 0), gpu=False)
+    console = Console(record=True, width=200)
+    ex = executor.Executor(env, plan(sweep, cat, env.host), console, fresh=True, on_cluster=False)
+    monkeypatch.setattr(ex.pool, "close", gone)
+    ex.sessions["serve:a"] = Session("serve:a", "serve", handle={"served": {}, "hardware": "cpu-local"})
+
+    def interrupted() -> None:
+        ex.closing["serve:b"] = (["quantsweep-b"], float("inf"))  # a delete asked for before the loss
+        raise RuntimeError("the driver lost its connection")
+
+    monkeypatch.setattr(ex, "_settle", interrupted)
+    with pytest.raises(RuntimeError, match="lost its connection"):
+        ex.run()
+    log = console.export_text()
+    for step in ("close serve:a", "wait for Serve's deletes", "stop engine hosts"):
+        assert f"shutdown: {step} failed: ConnectionError: Ray is not running" in log
+    assert not ex.sessions and not ex.closing
