@@ -7,7 +7,8 @@ GPU-hours its cells hold divided by the GPUs of that kind: no schedule beats eit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from graphlib import CycleError, TopologicalSorter
 
 from cluster.plan.cells import Cell
 
@@ -22,6 +23,34 @@ def tails(cells: list[Cell], hours: Mapping[str, float]) -> dict[str, float]:
     for c in reversed(cells):
         out[c.key] = hours.get(c.key, 0.0) + max((out[k] for k in children[c.key] if k in out), default=0.0)
     return out
+
+
+def unit_tails(
+    cells: list[Cell], hours: Mapping[str, float], unit_of: Callable[[Cell], str]
+) -> dict[str, float]:
+    """cell key -> the longest path of hours from its unit on, where a unit (a session: a checkpoint's
+    engines, a Serve deployment) runs its cells one at a time and so lasts their summed hours.
+
+    `tails` treats a session's cells as parallel branches: a checkpoint's evaluation, or seven load
+    tests of one deployment, then look as short as their longest cell and lose to shorter chains.
+    """
+    unit = {c.key: unit_of(c) for c in cells}
+    own: dict[str, float] = {}
+    after: dict[str, set[str]] = {}
+    for c in cells:
+        u = unit[c.key]
+        own[u] = own.get(u, 0.0) + hours.get(c.key, 0.0)
+        for d in c.deps:
+            if d in unit and unit[d] != u:
+                after.setdefault(unit[d], set()).add(u)
+    try:  # successors first
+        order = list(TopologicalSorter({u: after.get(u, set()) for u in own}).static_order())
+    except CycleError:  # sessions that wait on each other: no unit order; fall back to the cells'
+        return tails(cells, hours)
+    out: dict[str, float] = {}
+    for u in order:
+        out[u] = own[u] + max((out[v] for v in after.get(u, ())), default=0.0)
+    return {c.key: out[unit[c.key]] for c in cells}
 
 
 def longest_chain(cells: list[Cell], hours: Mapping[str, float]) -> tuple[float, list[Cell]]:

@@ -3,14 +3,19 @@ because no node can ever host them. The executor (cluster/run/executor.py) asks 
 simulator (bench/schedule_sim.py) replays whole sweeps through the same object in virtual time.
 
 - Order: cells on an open session first (its GPUs are already held), then by the longest path of
-  estimated hours from the cell to the end of the plan (cluster/plan/dag.py), so long chains
-  (a 405B quantization, a tuning search) start first and short cells fill the gaps.
+  estimated hours from the cell's unit to the end of the plan (cluster/plan/dag.py `unit_tails`:
+  a session runs its cells one at a time, so it lasts their summed hours), so long chains (a 405B
+  quantization, a tuning search, a checkpoint's whole evaluation) start first and short cells fill
+  the gaps; inside a session, the cell on the longest path of cells goes first.
 - Backfilling (EASY, with one step of lookahead): per GPU kind, the most urgent cell that does not
   fit, or that is about to become ready (its inputs are running), gets a reservation at the
   earliest time the estimated ends of running work free room for it; a later cell starts now only
-  if that reservation stays intact (it ends first, or leaves the room). Everything else that fits
-  starts: no format of one model blocks another model's cells, and a job that needs two whole
-  nodes is not starved by small ones.
+  if that reservation stays intact (it ends first, or leaves the room), or if it could never run
+  beside the reserved cell and going first ends both paths sooner than waiting for the reserved
+  cell to end (`_swap_pays`: a tuning search that holds a whole GPU kind for a day waits a few
+  hours for work that would otherwise wait that day). Everything else that fits starts: no format
+  of one model blocks another model's cells, and a job that needs two whole nodes is not starved
+  by small ones.
 - Admission: a model of the live nodes (cluster/plan/fit.py) with what every running cell or open
   session holds; a unit (a cell, or a session: a checkpoint's engine hosts, a Serve deployment)
   starts only where its pieces fit, so formats that do not fit a node at once take turns.
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.plan.cells import Cell
-from cluster.plan.dag import tails
+from cluster.plan.dag import tails, unit_tails
 from cluster.plan.fit import Demand, Grant, Node, demand_of, give_back, place, why_not
 
 REFRESH_S = 5.0  # how often the live nodes are read again
@@ -41,7 +46,7 @@ class _Head:
     at: float  # earliest estimated start
     demand: Demand
     ready_at: float  # when its inputs should be done
-    priority: tuple[float, float]
+    priority: tuple[float, float, float]
 
 
 class Policy:
@@ -57,7 +62,8 @@ class Policy:
         clock: Callable[[], float] = time.monotonic,
         unit_of: Callable[[Cell], str] = lambda c: c.key,
     ) -> None:
-        self.rank = tails(cells, hours)
+        self.rank = unit_tails(cells, hours, unit_of)  # a session lasts its cells' summed hours
+        self.within = tails(cells, hours)  # which of a session's cells goes first
         self.hours = hours
         self.cells, self.unit_of = {c.key: c for c in cells}, unit_of
         self.nodes = {n.name: n for n in nodes}
@@ -100,9 +106,13 @@ class Policy:
                 self.heads[demand.accelerator] = self._head(c, demand, self._ready_at(c))
         return sorted(ready, key=lambda c: (not live(c), self.priority(c)))
 
-    def priority(self, cell: Cell) -> tuple[float, float]:
+    def priority(self, cell: Cell) -> tuple[float, float, float]:
         """Sort key, most urgent first: the longest path of hours from the cell on, then its own hours."""
-        return (-self.rank.get(cell.key, 0.0), -self.hours.get(cell.key, 0.0))
+        return (
+            -self.rank.get(cell.key, 0.0),
+            -self.within.get(cell.key, 0.0),
+            -self.hours.get(cell.key, 0.0),
+        )
 
     def _upcoming(self, ready: list[Cell], state: dict[str, str]) -> list[Cell]:
         keys = {c.key for c in ready}
@@ -134,7 +144,12 @@ class Policy:
         demand = demand_of(cell.resources)
         hours, prio = self.unit_hours.get(unit, 0.0), self.priority(cell)
         head = self.heads.get(demand.accelerator)
-        if head is not None and demand.gpus and prio > head.priority and not self._keeps(head, demand, hours):
+        if (
+            head is not None
+            and demand.gpus
+            and prio > head.priority
+            and not self._keeps(head, demand, hours, -prio[0])
+        ):
             return False
         grant = place(self.nodes, demand)
         if grant is None:
@@ -187,9 +202,10 @@ class Policy:
                 return end
         return float("inf")
 
-    def _keeps(self, head: _Head, demand: Demand, hours: float) -> bool:
-        """Starting `demand` now (for `hours`) leaves the reservation `head` intact: it ends first,
-        or the reserved cell still fits when the estimates say it starts."""
+    def _keeps(self, head: _Head, demand: Demand, hours: float, tail: float) -> bool:
+        """Starting `demand` now (for `hours`, `tail` hours to the end of its path) is all right by
+        the reservation `head`: it ends first, or the reserved cell still fits when the estimates
+        say it starts, or delaying the reserved cell ends both paths sooner (`_swap_pays`)."""
         end = self.clock() + hours * 3600.0
         if head.at == float("inf") or end <= head.at:
             return True
@@ -200,7 +216,23 @@ class Policy:
         later = max(
             head.ready_at, self._reserve(free, {**self.ends, "": end}, head.demand, grant, head.ready_at)
         )
-        return later <= head.at
+        return later <= head.at or self._swap_pays(head, later, demand, tail)
+
+    def _swap_pays(self, head: _Head, later: float, demand: Demand, tail: float) -> bool:
+        """Two paths, the reserved cell's and a less urgent one's, and room for one at a time: which
+        goes first? The one that ends both sooner (an exchange argument on their estimated ends).
+        Going now delays the reserved cell to `later`; waiting means starting when the reserved cell
+        does if both fit its GPU kind's nodes at once (then waiting costs nothing: never swap),
+        else when it ends. A reservation that holds a whole GPU kind for a day is worth delaying
+        for a few hours of work that would otherwise wait a day; a short one is not."""
+        empty = {
+            n.name: Node(n.name, n.accelerator, n.gpus, n.cpus, n.memory_gb) for n in self.nodes.values()
+        }
+        if place(empty, head.demand) is None or place(empty, demand) is not None:
+            return False
+        head_tail, head_hours = -head.priority[0] * 3600.0, -head.priority[2] * 3600.0
+        now, tail = self.clock(), tail * 3600.0
+        return max(now + tail, later + head_tail) < max(head.at + head_tail, head.at + head_hours + tail)
 
     # --- feasibility --------------------------------------------------------------------------
 

@@ -46,6 +46,20 @@ def test_longest_path_first_and_open_sessions_before_anything():
     assert [x.key for x in p.order([a, b], live=lambda x: x.key == "a")] == ["a", "b"]
 
 
+def test_a_session_ranks_by_its_cells_hours_together_and_runs_the_longest_path_in_it_first():
+    """A session (one checkpoint's engines, one Serve deployment) runs its cells one at a time: four
+    1 h evaluations of one checkpoint are a 4 h path, not four 1 h branches. Inside it, the cell whose
+    results feed the longest path goes first."""
+    root = cell("root", 0)
+    evals = [cell(f"e{i}", deps=("root",)) for i in range(4)]
+    alone = cell("alone", deps=("root",))
+    feeds = cell("feeds", 0, deps=("e3",))  # what e3's results feed
+    hours = {**{f"e{i}": 1.0 for i in range(4)}, "alone": 2.5, "feeds": 0.5}
+    session = {f"e{i}": "engines:m" for i in range(4)}
+    p = Policy([root, *evals, alone, feeds], hours, nodes(), unit_of=lambda c: session.get(c.key, c.key))
+    assert [x.key for x in p.order([*evals, alone])] == ["e3", "e0", "e1", "e2", "alone"]
+
+
 def test_best_fit_keeps_a_whole_node_free_for_an_engine_that_needs_it():
     small, other, whole = cell("s", 1), cell("o", 2), cell("w", 8)
     p = Policy([small, other, whole], {}, nodes())
@@ -63,21 +77,46 @@ def test_a_two_node_engine_gets_a_reservation_that_long_small_work_cannot_take()
         cell("long", 4),
         cell("short", 4),
     )
-    hours = {"r1": 1.0, "r2": 2.0, "big": 10.0, "long": 5.0, "short": 0.5}
-    p = Policy([run1, run2, big, long, short], hours, nodes(), clock=clock)
+    after = cell("after", 0, deps=("big",))  # what big's results feed: its path is 14 h
+    hours = {"r1": 1.0, "r2": 2.0, "big": 10.0, "after": 4.0, "long": 5.0, "short": 0.5}
+    p = Policy([run1, run2, big, after, long, short], hours, nodes(), clock=clock)
     assert p.admit("r1", run1) and p.admit("r2", run2)  # n0: 4 of 8 taken, n1: full
     ready = p.order([big, long, short])
     assert [x.key for x in ready] == ["big", "long", "short"]
     assert not p.admit("big", big)  # needs both nodes whole: reserved for when r2 ends (2 h)
-    assert not p.admit("long", long)  # would hold n0 past the reservation
+    # long would hold n0 past the reservation, to 5 h: both paths would end at 19 h, against 17 h
+    # with long after big (beside `after`)
+    assert not p.admit("long", long)
     assert p.admit("short", short)  # ends in 0.5 h, before it: backfilled
+
+
+def test_a_reservation_of_a_whole_gpu_kind_yields_to_work_that_would_otherwise_wait_for_its_end():
+    """Swapping two paths that cannot run at once pays when both end sooner: a 20 h job on both nodes
+    (ready in 2 h) against a 3 h one that fits now. First the short one: 3 + 20 = 23 h; first the
+    long one: 2 + 20 + 3 = 25 h. Work that could run beside the reserved job gets no such swap: it
+    loses nothing by waiting."""
+    clock = Clock()
+    run, big, medium, beside = cell("r", 8), cell("big", 16, pp=2), cell("m", 4), cell("b", 4)
+    hours = {"r": 2.0, "big": 20.0, "m": 3.0, "b": 3.0}
+    p = Policy([run, big, medium], hours, nodes(), clock=clock)
+    assert p.admit("r", run)
+    p.order([big, medium])
+    assert not p.admit("big", big) and p.admit("m", medium)
+
+    one_node, r4, x = cell("big", 8), cell("r", 4), cell("x", 6)  # `b` could run beside this one
+    p = Policy([r4, one_node, beside, x], {**hours, "x": 3.0}, nodes(), clock=clock)
+    assert p.admit("r", r4) and p.admit("x", x)  # n0: 4 of 8 taken (2 h), n1: 6 of 8 (3 h)
+    p.order([one_node, beside])
+    assert not p.admit("big", one_node)  # reserved on n0 for when r ends (2 h)
+    assert not p.admit("b", beside)  # would hold n0's other 4 GPUs to 3 h: it waits
 
 
 def test_work_about_to_be_ready_is_not_crowded_out():
     clock = Clock()
     dep, later, filler = cell("dep", 0), cell("later", 16, deps=("dep",), pp=2), cell("filler", 8)
-    hours = {"dep": 0.2, "later": 20.0, "filler": 5.0}
-    p = Policy([dep, later, filler], hours, nodes(), clock=clock)
+    report = cell("report", 0, deps=("later",))
+    hours = {"dep": 0.2, "later": 20.0, "report": 3.0, "filler": 5.0}
+    p = Policy([dep, later, report, filler], hours, nodes(), clock=clock)
     assert p.admit("dep", dep)
     state = {"dep": "running", "later": "pending", "filler": "pending"}
     p.order([filler], state=state)
@@ -115,7 +154,7 @@ def test_a_node_that_leaves_takes_its_grants_elsewhere():
     assert sum(n.free_gpus for n in p.nodes.values()) == 0  # both held on the two nodes left
 
 
-def test_the_study_replays_within_a_fifth_of_its_lower_bound_and_beats_plain_greedy():
+def test_the_study_replays_within_5_percent_of_its_lower_bound_and_beats_plain_greedy():
     sys.path.insert(0, str(REPO / "bench"))
     from schedule_sim import Greedy, replay
 
@@ -131,7 +170,7 @@ def test_the_study_replays_within_a_fifth_of_its_lower_bound_and_beats_plain_gre
     est = estimate(cells, sweep, catalog)
     ours, greedy = replay(cells, est, cluster), replay(cells, est, cluster, Greedy)
     assert not ours.failed
-    assert 1.0 <= ours.ratio < 1.15 and ours.makespan_h < greedy.makespan_h
+    assert 1.0 <= ours.ratio <= 1.05 and ours.makespan_h < greedy.makespan_h  # the issue's goal
 
 
 def test_plan_cluster_prints_costs_and_rejections_with_reasons(tmp_path, capsys):
