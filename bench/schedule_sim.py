@@ -26,7 +26,7 @@ from cluster.config.capacity import ClusterConfig  # noqa: E402
 from cluster.plan.cells import Cell  # noqa: E402
 from cluster.plan.cost import Estimate, session_of  # noqa: E402
 from cluster.plan.dag import lower_bound  # noqa: E402
-from cluster.plan.fit import nodes_from  # noqa: E402
+from cluster.plan.fit import demand_of, nodes_from, place  # noqa: E402
 from cluster.run.schedule import Policy  # noqa: E402
 
 
@@ -62,6 +62,18 @@ class Greedy(Policy):
     def order(self, ready, live=lambda c: False, state=None):  # type: ignore[no-untyped-def, override]
         self.heads = {}
         return sorted(ready, key=lambda c: not live(c))
+
+    def admit(self, unit: str, cell: Cell) -> bool:
+        """Start it wherever it fits now (a cell that does not fit reserves nothing)."""
+        if unit in self.grants:
+            return True
+        demand = demand_of(cell.resources)
+        grant = place(self.nodes, demand)
+        if grant is None:
+            return False
+        self.grants[unit], self.demands[unit] = grant, demand
+        self.ends[unit] = self.clock() + self.unit_hours.get(unit, 0.0) * 3600.0
+        return True
 
 
 class Sim:
