@@ -19,9 +19,10 @@ All variants run in turn, `--rounds` times over, so each ratio pairs runs close 
 2-core machine drifts by tens of percent between minutes). Prints throughput, TTFT p50/p99 and ITL
 p50 for every run, then per variant the median over rounds of the paired throughput ratio vs bare
 (goal >= 0.97x) and of the paired TTFT p50 overhead (goal <= 5 %), each with a 95 % bootstrap
-interval. A run whose TTFT p99 exceeds 5x the median of its variant's runs is a stall (bare `vllm
-serve` stalls now and then on this machine): reported, and its round's pair left out. A variant
-that fails, or has no pair left, is "not measured" and the script exits 1.
+interval. A run whose TTFT p99 exceeds 5x the median of all runs (every variant's) is a stall (bare
+`vllm serve` stalls now and then on this machine, at times in most of its rounds); so is a run whose
+tokens arrived in one piece (ITL p50 0: not streamed). A stall is reported and its round's pair left
+out. A variant that fails, or has no pair left, is "not measured" and the script exits 1.
 Usage: .venv/bin/python bench/serve_overhead.py [--requests 200] [--concurrency 8] [--variants bare,haproxy,proxy] [--rounds 7]
 """
 
@@ -52,7 +53,7 @@ VARIANTS = {
 VARIANT_ENV = {"haproxy-1t": {"RAY_SERVE_HAPROXY_NBTHREAD": "1"}}  # read when Ray Serve is imported
 BARE_BESIDE_RAY = "bare-ray"  # the control: bare `vllm serve` with an idle Ray + Serve beside it
 DEFAULT = "bare,haproxy,proxy"
-STALL = 5.0  # a run's TTFT p99 over this multiple of its variant's median run is a stall
+STALL = 5.0  # a run's TTFT p99 over this multiple of the median run's (all variants) is a stall
 
 
 def median_ci(values: list[float], seed: int = 0, n: int = 4000) -> tuple[float, float, float]:
@@ -62,13 +63,24 @@ def median_ci(values: list[float], seed: int = 0, n: int = 4000) -> tuple[float,
     return statistics.median(values), meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
-def stalls(rounds: list[dict[str, dict]]) -> set[tuple[int, str]]:
-    """(round, variant) of every run whose TTFT p99 exceeds STALL x its variant's median run."""
-    out = set()
-    for name in {v for r in rounds for v in r}:
-        p99 = {k: r[name]["p99_ttft_ms"] for k, r in enumerate(rounds) if name in r}
-        med = statistics.median(p99.values())
-        out |= {(k, name) for k, v in p99.items() if v > STALL * med}
+def stalls(rounds: list[dict[str, dict]]) -> dict[tuple[int, str], str]:
+    """(round, variant) -> why, for every stalled run: its TTFT p99 exceeds STALL x the median of all
+    runs (every variant's: when most runs of one variant stall, its own median is a stall too), or
+    its tokens arrived in one piece (ITL p50 0: the server did not stream them)."""
+    runs = [(k, name, run) for k, r in enumerate(rounds) for name, run in r.items()]
+    if not runs:
+        return {}
+    med = statistics.median(run["p99_ttft_ms"] for _, _, run in runs)
+    out = {}
+    for k, name, run in runs:
+        if run["p99_ttft_ms"] > STALL * med:
+            out[(k, name)] = (
+                f"TTFT p99 {run['p99_ttft_ms']:.0f} ms, over {STALL:g}x the median run's {med:.0f} ms"
+            )
+        elif run.get("median_itl_ms", 1.0) == 0.0:
+            out[(k, name)] = (
+                f"ITL p50 0 ms: its tokens arrived in one piece (TTFT p50 {run['median_ttft_ms']:.0f} ms)"
+            )
     return out
 
 
@@ -195,10 +207,8 @@ def summarize(rounds: list[dict[str, dict]], names: list[str], failed: list[str]
     """Print the paired medians with intervals; 1 when a comparison could not be measured."""
     if "bare" not in names:
         return 1 if failed else 0
-    for k, name in sorted(stalls(rounds)):
-        print(
-            f"stall: round {k + 1} {name} (TTFT p99 {rounds[k][name]['p99_ttft_ms']:.0f} ms): its pair left out"
-        )
+    for (k, name), why in sorted(stalls(rounds).items()):
+        print(f"stall: round {k + 1} {name} ({why}): its pair left out")
     code = 0
     # Each ratio pairs a variant with the bare run of its own round (adjacent in time): the
     # machine's drift between rounds cancels; the median over rounds is the headline.
