@@ -23,6 +23,10 @@ interval. A run whose TTFT p99 exceeds 5x the median of all runs (every variant'
 `vllm serve` stalls now and then on this machine, at times in most of its rounds); so is a run whose
 tokens arrived in one piece (ITL p50 0: not streamed). A stall is reported and its round's pair left
 out. A variant that fails, or has no pair left, is "not measured" and the script exits 1.
+Where a server answers `/metrics` (bare `vllm serve`, and the haproxy path's replica), each run's TTFT
+mean is split into vLLM's own time-to-first-token (from the request's arrival in the engine's API
+server) and the rest (HTTP path, proxy, client), and per variant the median paired difference of each
+part against bare is printed: where the serving layer's TTFT overhead is spent.
 Usage: .venv/bin/python bench/serve_overhead.py [--requests 200] [--concurrency 8] [--variants bare,haproxy,proxy] [--rounds 7]
 """
 
@@ -99,6 +103,31 @@ def paired(rounds: list[dict[str, dict]], name: str) -> tuple[list[float], list[
     return ratios, ttft, dropped
 
 
+def engine_ttft(url: str) -> tuple[float, float] | None:
+    """(sum of seconds, count) of vLLM's own time-to-first-token histogram at `url`/metrics: from the
+    request's arrival in the engine's API server to its first token; None where nothing answers."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        resp = httpx.get(f"{url}/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    total, count, seen = 0.0, 0.0, False
+    for family in text_string_to_metric_families(resp.text):
+        if family.name != "vllm:time_to_first_token_seconds":
+            continue
+        for sample in family.samples:
+            seen = True
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+    return (total, count) if seen else None
+
+
 def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, output_tokens: int) -> dict:
     """Child process: start one server variant, run the load, return its summary and URL."""
     os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
@@ -120,6 +149,7 @@ def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, o
     prompts = loadgen.make_prompts(400, prompt_tokens, requests + 8, seed=0)
 
     def load(url: str) -> dict:
+        before = engine_ttft(url)
         recs = loadgen.run_concurrent(
             url,
             "tiny",
@@ -130,7 +160,13 @@ def measure(variant: str, requests: int, concurrency: int, prompt_tokens: int, o
             warmup=4,
             timeout_s=120,
         )
-        return {**metrics.summarize(recs), "url": url}
+        after, split = engine_ttft(url), {}
+        if before is not None and after is not None and after[1] > before[1]:
+            # the engine's mean TTFT over this run (warm-up included), and the client's over the same
+            engine_ms = 1000 * (after[0] - before[0]) / (after[1] - before[1])
+            client = [r.first_token_s for r in recs if r.ok and r.first_token_s is not None]
+            split = {"engine_ttft_ms": engine_ms, "client_ttft_ms": 1000 * statistics.fmean(client)}
+        return {**metrics.summarize(recs), **split, "url": url}
 
     from serve.bare import vllm_serve
 
@@ -196,11 +232,29 @@ def main() -> None:
             print(
                 f"round {k + 1} {name:<20}{s['request_throughput']:7.2f} req/s {s['output_throughput']:6.0f} tok/s  "
                 f"TTFT p50 {s['median_ttft_ms']:6.1f} ms p99 {s['p99_ttft_ms']:6.1f} ms  "
-                f"ITL p50 {s['median_itl_ms']:5.1f} ms  failed {s['failed']}  ({s['url']})",
+                f"ITL p50 {s['median_itl_ms']:5.1f} ms  failed {s['failed']}  ({s['url']})"
+                + (
+                    f"  TTFT mean {s['client_ttft_ms']:.2f} ms = in vLLM's engine {s['engine_ttft_ms']:.2f}"
+                    f" + outside it {s['client_ttft_ms'] - s['engine_ttft_ms']:.2f}"
+                    if "engine_ttft_ms" in s
+                    else ""
+                ),
                 flush=True,
             )
         rounds.append(results)
     sys.exit(summarize(rounds, names, failed))
+
+
+def where(rounds: list[dict[str, dict]], name: str) -> list[tuple[float, float]]:
+    """Per usable round, the variant's TTFT mean minus bare's, split into (in vLLM's engine, outside it)."""
+    bad, out = stalls(rounds), []
+    for k, r in enumerate(rounds):
+        a, b = r.get(name, {}), r.get("bare", {})
+        if (k, name) in bad or (k, "bare") in bad or "engine_ttft_ms" not in a or "engine_ttft_ms" not in b:
+            continue
+        inside = a["engine_ttft_ms"] - b["engine_ttft_ms"]
+        out.append((inside, (a["client_ttft_ms"] - b["client_ttft_ms"]) - inside))
+    return out
 
 
 def summarize(rounds: list[dict[str, dict]], names: list[str], failed: list[str]) -> int:
@@ -233,6 +287,12 @@ def summarize(rounds: list[dict[str, dict]], names: list[str], failed: list[str]
             f"TTFT p50 overhead median {t:+.1f} % [{tlo:+.1f}, {thi:+.1f}] "
             f"(goal <= +5 %: {'met' if t <= 5 else 'not met'}); per round {', '.join(f'{x:.3f}' for x in ratios)}"
         )
+        if split := where(rounds, name):
+            inside, outside = (statistics.median(x) for x in zip(*split, strict=True))
+            print(
+                f"  {name} - bare, TTFT mean over {len(split)} paired round(s): {inside:+.2f} ms in vLLM's engine "
+                f"(its own time-to-first-token metric), {outside:+.2f} ms outside it (HTTP path, proxy, client)"
+            )
     if failed:
         print(f"failed runs: {', '.join(sorted(set(failed)))}")
         code = 1

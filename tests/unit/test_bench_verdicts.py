@@ -95,6 +95,27 @@ def test_a_baseline_that_stalls_in_most_rounds_is_still_caught(capsys):
     assert "haproxy / bare: not measured (stalls in every round)" in out
 
 
+def test_the_ttft_overhead_is_split_into_the_engine_and_the_path_outside_it(capsys):
+    """vLLM's own time-to-first-token (arrival in its API server -> first token) against the client's:
+    what the serving layer adds is then either inside the engine or on the way to it."""
+    so = _bench("serve_overhead")
+
+    def run(thr: float, t50: float, client: float, engine: float) -> dict:
+        return {**_run(thr, t50, 40), "client_ttft_ms": client, "engine_ttft_ms": engine}
+
+    rounds = [  # 2026-12-02, AVX-512 host, concurrency 8: bare, then the haproxy path
+        {"bare": run(132.5, 9.8, 12.41, 7.08), "haproxy": run(151.9, 14.3, 15.43, 9.22)},
+        {"bare": run(140.0, 9.0, 12.0, 7.0), "haproxy": run(150.0, 13.0, 15.0, 9.0)},
+    ]
+    assert [pytest.approx(x) for x in so.where(rounds, "haproxy")] == [(2.14, 0.88), (2.0, 1.0)]
+    assert so.summarize(rounds, ["bare", "haproxy"], []) == 0
+    out = capsys.readouterr().out
+    assert "haproxy - bare, TTFT mean over 2 paired round(s): +2.07 ms in vLLM's engine" in out
+    assert "+0.94 ms outside it" in out
+    del rounds[1]["bare"]["engine_ttft_ms"]  # no metrics from that server: the round has no split
+    assert [pytest.approx(x) for x in so.where(rounds, "haproxy")] == [(2.14, 0.88)]
+
+
 def test_a_failed_baseline_is_not_measured(capsys):
     so = _bench("serve_overhead")
     assert so.summarize([{"haproxy": _run(40, 30, 40)}], ["bare", "haproxy"], ["bare"]) == 1
