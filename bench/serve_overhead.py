@@ -9,8 +9,9 @@ process (Ray Serve reads its switches from the environment when it is imported):
   proxy           Ray Serve LLM's classic layout: HTTP proxy actor -> OpenAI ingress replica -> LLM
                   server replica (two hops), stream chunks batched every 50 ms;
   haproxy-unbatched, proxy-unbatched   the same with Ray Serve LLM's stream batching off;
-  haproxy-mp      haproxy with the engine core in a process of its own (serve.engine_in_process:
-                  false), as bare `vllm serve` runs it, instead of inside the replica's process.
+  haproxy-mp      haproxy with the model in a worker process of its own (serve.engine_in_process:
+                  false), as bare `vllm serve` runs it on CPU, instead of in vLLM's engine-core
+                  process.
   haproxy-1t      haproxy with one HAProxy thread (RAY_SERVE_HAPROXY_NBTHREAD=1; Ray's default is 4,
                   on a 2-core host).
   bare-ray        a control: bare `vllm serve` while a local Ray with Serve started (controller,

@@ -68,8 +68,10 @@ class ServeConfig:
     replicas: int = 1  # fixed replica count; must stay 1 when autoscaling is set
     autoscaling: AutoscalingConfig | None = None  # None: `replicas` fixed replicas
     cpus_per_replica: float = 1
-    # CPU, one device: the engine core runs the model inside the replica's process (one process and
-    # one vLLM import fewer: replicas start faster) or in a process of its own, as `vllm serve` does
+    # CPU, one device: vLLM's engine-core process (apart from the replica's) runs the model itself
+    # (one process and one vLLM import fewer: replicas start faster, steps are quicker, a new request
+    # waits ~1.6 ms longer to start: bench/serve_overhead.py) or gives it a worker process of its
+    # own, as `vllm serve` does on CPU
     engine_in_process: bool = True
     # haproxy: Ray 2.60's fast path (HAProxy -> LLM server replica, one app per checkpoint);
     # proxy: Serve's proxy -> OpenAI ingress -> LLM server, all checkpoints in one app (serve.app)
