@@ -73,7 +73,11 @@ def test_recovery_shows_a_real_loss_next_to_a_recipe_that_recovers(smoke):
     rec = {r["format"]: r for r in _rows(out, "recovery")}
     assert set(rec) == FORMATS and all(r["status"] == "measured" for r in rec.values())
     assert rec["bf16"]["recovery_pct"] == pytest.approx(100.0) and rec["bf16"]["score"] >= 90.0
-    assert rec["w8a8-fp"]["recovery_pct"] >= 99.0 and rec["w8a8-int"]["recovery_pct"] >= 99.0
+    # 8-bit formats: no loss this sample can resolve (the interval reaches 100 %), a few items at
+    # most. On a host computing in bfloat16 (AVX-512 BF16) 2-3 of the ~200 items flip: 98.48 % and
+    # 98.99 % on 2026-12-02; on float32 (AVX2) hosts none did.
+    for fmt in ("w8a8-fp", "w8a8-int"):
+        assert rec[fmt]["recovery_ci_high"] >= 100.0 and rec[fmt]["recovery_pct"] >= 97.5, rec[fmt]
     rtn, gptq = rec["w4a16-rtn"], rec["w4a16-int"]
     assert rtn["recovery_ci_high"] < 100.0, rtn  # round-to-nearest INT4 measurably loses accuracy
     assert gptq["recovery_pct"] > rtn["recovery_ci_high"], (gptq, rtn)  # GPTQ wins most of it back

@@ -121,11 +121,12 @@ def test_gate_flags_a_planted_broken_checkpoint_that_vllm_serves(
     assert name == "quality_failed" and f"{bad_figs['kl_mean']:.4g}" in detail
 
 
-def test_the_engine_gate_bounds_the_exact_kl_from_below_and_flags_the_planted_fault(
+def test_the_engine_gate_tracks_the_exact_kl_and_flags_the_planted_fault(
     int8, broken, organism_assets, cpu_hosts, ray_local, tmp_path
 ):
     """Models too large for a transformers forward are gated through vLLM's top-k prompt
-    log-probabilities: KL over the shared top ids plus one bucket is a lower bound of the exact KL."""
+    log-probabilities: KL over the shared top ids plus one bucket, a lower bound of the KL the engine's
+    own numerics would give, of the same order as the exact (transformers) KL."""
     good = int8[1]
     host = cpu_hosts[0]
 
@@ -150,9 +151,11 @@ def test_the_engine_gate_bounds_the_exact_kl_from_below_and_flags_the_planted_fa
     )
     assert base["kl_mean"] == 0 and not base["exact"] and base["top_k"] == 20
     assert mine["tokens"] == exact["tokens"] == cfg.tokens and not mine["exact"] and mine["top_k"] == 20
-    assert (
-        0.5 * exact["kl_mean"] < mine["kl_mean"] < 1.2 * exact["kl_mean"]
-    )  # engine numerics differ a little
+    # The engine runs the checkpoint through vLLM's own kernels, the exact side through transformers'
+    # simulated quantization: the same order, not the same number. On float32 AVX2 hosts within
+    # 1.2x; on an AVX-512 host (vLLM's int8 GEMM) 1.21x in bfloat16 and 1.27x with the engines in
+    # float32 (0.0514 and 0.0540 against 0.0427, 2026-12-02): the kernels, not the precision.
+    assert 0.5 * exact["kl_mean"] < mine["kl_mean"] < 1.5 * exact["kl_mean"]
     assert abs(mine["top1_agreement"] - exact["top1_agreement"]) < 0.05
     assert mine["ppl_ratio"] == pytest.approx(exact["ppl_ratio"], rel=0.05)
     limit = cfg.max_kl["w8a8-int"]
