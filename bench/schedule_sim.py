@@ -69,11 +69,9 @@ class Greedy(Policy):
             return True
         demand = demand_of(cell.resources)
         grant = place(self.nodes, demand)
-        if grant is None:
-            return False
-        self.grants[unit], self.demands[unit] = grant, demand
-        self.ends[unit] = self.clock() + self.unit_hours.get(unit, 0.0) * 3600.0
-        return True
+        if grant is not None:
+            self.hold(unit, demand, grant)
+        return grant is not None
 
 
 class Sim:

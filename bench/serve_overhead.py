@@ -89,18 +89,23 @@ def stalls(rounds: list[dict[str, dict]]) -> dict[tuple[int, str], str]:
     return out
 
 
-def paired(rounds: list[dict[str, dict]], name: str) -> tuple[list[float], list[float], list[int]]:
-    """Throughput ratios and TTFT p50 overheads (%) vs bare per usable round; the rounds left out."""
+def pairs(rounds: list[dict[str, dict]], name: str) -> tuple[list[tuple[dict, dict]], list[int]]:
+    """(variant's run, bare's run) of every round where both ran and neither stalled; the rounds left out."""
     bad = stalls(rounds)
-    ratios, ttft, dropped = [], [], []
+    usable, dropped = [], []
     for k, r in enumerate(rounds):
         if name not in r or "bare" not in r or (k, name) in bad or (k, "bare") in bad:
             dropped.append(k)
-            continue
-        ratios.append(r[name]["request_throughput"] / r["bare"]["request_throughput"])
-        ttft.append(
-            100 * (r[name]["median_ttft_ms"] - r["bare"]["median_ttft_ms"]) / r["bare"]["median_ttft_ms"]
-        )
+        else:
+            usable.append((r[name], r["bare"]))
+    return usable, dropped
+
+
+def paired(rounds: list[dict[str, dict]], name: str) -> tuple[list[float], list[float], list[int]]:
+    """Throughput ratios and TTFT p50 overheads (%) vs bare per usable round; the rounds left out."""
+    usable, dropped = pairs(rounds, name)
+    ratios = [a["request_throughput"] / b["request_throughput"] for a, b in usable]
+    ttft = [100 * (a["median_ttft_ms"] - b["median_ttft_ms"]) / b["median_ttft_ms"] for a, b in usable]
     return ratios, ttft, dropped
 
 
@@ -248,13 +253,11 @@ def main() -> None:
 
 def where(rounds: list[dict[str, dict]], name: str) -> list[tuple[float, float]]:
     """Per usable round, the variant's TTFT mean minus bare's, split into (in vLLM's engine, outside it)."""
-    bad, out = stalls(rounds), []
-    for k, r in enumerate(rounds):
-        a, b = r.get(name, {}), r.get("bare", {})
-        if (k, name) in bad or (k, "bare") in bad or "engine_ttft_ms" not in a or "engine_ttft_ms" not in b:
-            continue
-        inside = a["engine_ttft_ms"] - b["engine_ttft_ms"]
-        out.append((inside, (a["client_ttft_ms"] - b["client_ttft_ms"]) - inside))
+    out = []
+    for a, b in pairs(rounds, name)[0]:
+        if "engine_ttft_ms" in a and "engine_ttft_ms" in b:
+            inside = a["engine_ttft_ms"] - b["engine_ttft_ms"]
+            out.append((inside, (a["client_ttft_ms"] - b["client_ttft_ms"]) - inside))
     return out
 
 

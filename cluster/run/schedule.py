@@ -107,7 +107,8 @@ class Policy:
         return sorted(ready, key=lambda c: (not live(c), self.priority(c)))
 
     def priority(self, cell: Cell) -> tuple[float, float, float]:
-        """Sort key, most urgent first: the longest path of hours from the cell on, then its own hours."""
+        """Sort key, most urgent first: the longest path of hours from the cell's unit on (a session
+        counts as its cells together), then from the cell itself, then its own hours."""
         return (
             -self.rank.get(cell.key, 0.0),
             -self.within.get(cell.key, 0.0),
@@ -156,9 +157,13 @@ class Policy:
             if demand.gpus and (head is None or prio < head.priority):
                 self.heads[demand.accelerator] = self._head(cell, demand, self.clock())
             return False
-        self.grants[unit], self.demands[unit] = grant, demand
-        self.ends[unit] = self.clock() + hours * 3600.0
+        self.hold(unit, demand, grant)
         return True
+
+    def hold(self, unit: str, demand: Demand, grant: Grant) -> None:
+        """Record that `unit` holds `grant` (for `demand`) until its estimated hours have passed."""
+        self.grants[unit], self.demands[unit] = grant, demand
+        self.ends[unit] = self.clock() + self.unit_hours.get(unit, 0.0) * 3600.0
 
     def release(self, unit: str) -> None:
         """Give back what `unit` held (nothing if it held nothing)."""
@@ -225,9 +230,7 @@ class Policy:
         does if both fit its GPU kind's nodes at once (then waiting costs nothing: never swap),
         else when it ends. A reservation that holds a whole GPU kind for a day is worth delaying
         for a few hours of work that would otherwise wait a day; a short one is not."""
-        empty = {
-            n.name: Node(n.name, n.accelerator, n.gpus, n.cpus, n.memory_gb) for n in self.nodes.values()
-        }
+        empty = _all_free(self.nodes.values())
         if place(empty, head.demand) is None or place(empty, demand) is not None:
             return False
         head_tail, head_hours = -head.priority[0] * 3600.0, -head.priority[2] * 3600.0
@@ -278,7 +281,7 @@ class Policy:
 
     def refresh(self, nodes: list[Node]) -> None:
         """The live nodes changed: keep grants on surviving nodes, re-fit those that lost a node."""
-        fresh = {n.name: Node(n.name, n.accelerator, n.gpus, n.cpus, n.memory_gb) for n in nodes}
+        fresh = _all_free(nodes)
         moved = []
         for unit, grant in self.grants.items():
             if all(name in fresh for name, *_ in grant):
@@ -295,6 +298,11 @@ class Policy:
             self.grants[unit] = place(fresh, self.demands[unit]) or []
         self.nodes = fresh
         self._why = {k: v for k, v in self._why.items() if k[0]}
+
+
+def _all_free(nodes: Iterable[Node]) -> dict[str, Node]:
+    """The same nodes with nothing held on them."""
+    return {n.name: Node(n.name, n.accelerator, n.gpus, n.cpus, n.memory_gb) for n in nodes}
 
 
 def live_nodes() -> list[Node]:

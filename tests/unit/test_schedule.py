@@ -60,6 +60,24 @@ def test_a_session_ranks_by_its_cells_hours_together_and_runs_the_longest_path_i
     assert [x.key for x in p.order([*evals, alone])] == ["e3", "e0", "e1", "e2", "alone"]
 
 
+def test_sessions_that_wait_on_each_other_fall_back_to_per_cell_paths():
+    from cluster.plan.dag import tails, unit_tails
+
+    a1, b1 = cell("a1"), cell("b1", deps=("a1",))
+    a2 = cell("a2", deps=("b1",))  # session a feeds session b, which feeds a again: no unit order
+    cells, hours = [a1, b1, a2], {"a1": 1.0, "b1": 2.0, "a2": 3.0}
+    sessions = {"a1": "a", "a2": "a", "b1": "b"}
+    assert (
+        unit_tails(cells, hours, lambda c: sessions[c.key])
+        == tails(cells, hours)
+        == {
+            "a1": 6.0,
+            "b1": 5.0,
+            "a2": 3.0,
+        }
+    )
+
+
 def test_best_fit_keeps_a_whole_node_free_for_an_engine_that_needs_it():
     small, other, whole = cell("s", 1), cell("o", 2), cell("w", 8)
     p = Policy([small, other, whole], {}, nodes())
