@@ -184,3 +184,66 @@ def test_a_paced_server_plays_an_engines_timing_and_stamps_what_it_did():
         # the client saw the server's timing plus the request's trip: never less, and not much more
         assert 0 < rec.first_token_s - server_ttft < 0.1
         assert abs((rec.chunk_s[-1] - rec.chunk_s[0]) - server_span) < 0.01
+
+
+def test_a_constant_run_in_two_processes_keeps_one_schedule():
+    # 40 requests at 200/s split across two client processes: each request is sent once, on the
+    # schedule one process would have kept (request i at i / rate after the shared start).
+    with null_server() as base_url:
+        records = run_constant(
+            base_url,
+            MODEL_ID,
+            PROMPTS,
+            4,
+            rate=200,
+            duration_s=10,
+            max_requests=40,
+            timeout_s=10,
+            processes=2,
+        )
+    assert len(records) == 40 and all(r.ok and r.output_tokens == 4 for r in records)
+    assert [int(r.request_id.rsplit("-r", 1)[1]) for r in records] == list(range(40))
+    assert len({r.request_id.rsplit("-r", 1)[0] for r in records}) == 1  # one run, one id prefix
+    assert {(r.profile, r.target_rate) for r in records} == {("constant", 200.0)}
+    # send_time is epoch seconds: the two processes' sends interleave on one 5 ms grid
+    sends = [r.send_time - records[0].send_time for r in records]
+    assert sends == pytest.approx([i / 200 for i in range(40)], abs=0.02)
+
+
+def test_a_closed_loop_in_two_processes_splits_concurrency_and_requests():
+    with null_server(fail_every=4, chunk_delay_s=0.01) as base_url:
+        records = run_concurrent(
+            base_url,
+            MODEL_ID,
+            PROMPTS,
+            5,
+            concurrency=5,
+            max_requests=30,
+            warmup=1,
+            timeout_s=10,
+            processes=2,
+        )
+    assert [r.warmup for r in records[:1]] == [True] and not any(r.warmup for r in records[1:])
+    runs = records[1:]
+    assert sorted(int(r.request_id.rsplit("-r", 1)[1]) for r in runs) == list(range(30))
+    s = summarize(records)
+    assert s["completed"] + s["failed"] == 30 and s["failed"] >= 1  # the server's failures are kept
+    assert 4 <= s["max_concurrent_requests"] <= 5  # 3 + 2 in flight across the processes
+
+
+def test_a_bad_process_count_is_refused_and_a_dead_client_process_is_reported():
+    import multiprocessing
+    import os
+
+    from serve.loadgen import _collect
+
+    with pytest.raises(ValueError, match="processes must be an integer >= 1, got 0"):
+        run_constant(
+            "http://127.0.0.1:9", MODEL_ID, PROMPTS, 4, rate=1, duration_s=1, max_requests=1, processes=0
+        )
+    ctx = multiprocessing.get_context("spawn")
+    out, proc = ctx.Queue(), ctx.Process(target=os._exit, args=(3,))
+    proc.start()
+    with pytest.raises(RuntimeError, match=r"a client process died \(exit code 3\)"):
+        _collect(out, [proc], "ready", 30)
+    proc.join()
