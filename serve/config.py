@@ -63,6 +63,9 @@ class ServeConfig:
     async_concurrency: int = 8  # requests in flight (concurrent)
     async_duration_s: float = 20.0
     async_max_requests: int = 64
+    # Client processes of the open- and closed-loop runs, each with its share of the requests (or of
+    # the concurrency) from one shared start: for rates one core of the load test's host cannot drive
+    client_processes: int = 1
     warmup_requests: int = 1
     request_timeout_s: float = 120.0
     replicas: int = 1  # fixed replica count; must stay 1 when autoscaling is set

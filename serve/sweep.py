@@ -62,6 +62,7 @@ def run_sweep(
         duration_s=cfg.async_duration_s,
         api_key=api_key,
         timeout_s=cfg.request_timeout_s,
+        processes=cfg.client_processes,
     )
     records += peak
     peak_rate = metrics.summarize(peak)["request_throughput"]
@@ -77,6 +78,7 @@ def run_sweep(
             seed=seed,
             api_key=api_key,
             timeout_s=cfg.request_timeout_s,
+            processes=cfg.client_processes,
         )
         records += run
         s = metrics.summarize(run)

@@ -307,7 +307,13 @@ def check_serve(sv: ServeConfig, source: str) -> None:
     choice(sv.ingress, SERVE_INGRESS, source, "serve.ingress")
     for key in ("token_scale", "async_rate", "async_duration_s", "request_timeout_s", "cpus_per_replica"):
         _bound(source, f"serve.{key}", getattr(sv, key), 0, open_low=True)
-    for key in ("sync_requests", "async_max_requests", "async_concurrency", "sweep_points"):
+    for key in (
+        "sync_requests",
+        "async_max_requests",
+        "async_concurrency",
+        "sweep_points",
+        "client_processes",
+    ):
         _bound(source, f"serve.{key}", getattr(sv, key), 1)
     _bound(source, "serve.warmup_requests", sv.warmup_requests, 0)
     _bound(source, "serve.error_budget", sv.error_budget, 0.0, 1.0)

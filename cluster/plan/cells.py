@@ -326,6 +326,8 @@ class _Planner:
         # what shapes the measurement (not which cells exist, who may call, or what is left running)
         ignored = ("use_cases", "hardware", "formats", "api_key_env", "keep", "bare_baseline")
         serve = {k: v for k, v in asdict(self.sweep.serve).items() if k not in ignored}
+        if serve["client_processes"] == 1:  # the default: the keys of earlier results stay as they were
+            del serve["client_processes"]
         target = {
             k: v for k, v in asdict(hw).items() if k not in COST_ONLY_HARDWARE_FIELDS
         }  # assumptions: no key

@@ -218,6 +218,7 @@ def _async_runs(
             duration_s=sv.async_duration_s,
             api_key=key,
             timeout_s=timeout,
+            processes=sv.client_processes,
         )
         return [("concurrent", None, recs)]
     if sv.profile == "constant":
@@ -231,6 +232,7 @@ def _async_runs(
             max_requests=sv.async_max_requests,
             api_key=key,
             timeout_s=timeout,
+            processes=sv.client_processes,
         )
     else:
         recs = loadgen.run_poisson(
@@ -244,6 +246,7 @@ def _async_runs(
             seed=seed,
             api_key=key,
             timeout_s=timeout,
+            processes=sv.client_processes,
         )
     return [(sv.profile, sv.async_rate, recs)]
 

@@ -73,6 +73,7 @@ def test_cli_overrides_merge_and_recipe_overrides_apply():
         (lambda d: d["serve"].update(api_key="k"), "'serve.api_key' is no longer a key: keys do not belong"),
         (lambda d: d["serve"].update(api_key_env="A-B"), "'A-B' is not an environment variable name"),
         (lambda d: d["serve"].update(ingress="nginx"), "serve.ingress 'nginx' is not one of"),
+        (lambda d: d["serve"].update(client_processes=0), "serve.client_processes must be >= 1, got 0"),
         (
             lambda d: d["serve"].update(host="0.0.0.0", api_key_env="QS_KEY", ingress="proxy"),
             "serve.ingress 'proxy' cannot check an API key",

@@ -54,6 +54,15 @@ def test_the_bare_vllm_baseline_twins_every_load_test_and_leaves_serves_keys_alo
         assert (c.server, twin.server) == ("ray-serve", "vllm-serve") and twin.key != c.key
 
 
+def test_client_processes_key_the_load_tests_only_when_not_the_default():
+    plain = {c.label: c.key for c in _cells()}
+    one = {c.label: c.key for c in _cells(overrides=["serve.client_processes=1"])}
+    two = {c.label: c.key for c in _cells(overrides=["serve.client_processes=2"])}
+    assert one == plain  # the default keeps the keys results were committed under
+    changed = {label for label in plain if two[label] != plain[label]}
+    assert changed and all(label.startswith("loadtest") for label in changed)
+
+
 def test_dependencies_point_upstream_and_exist():
     cells = _cells()
     seen: set[str] = set()
