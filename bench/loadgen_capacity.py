@@ -13,14 +13,17 @@ arrivals with burstiness 1000 (inter-arrival CV ~3 %). GuideLLM runs its ladder 
 steps after a miss are dropped). Prints every step, each tool's maximum, ours/vllm and
 ours/guidellm, and whether the goal (ours >= 3x the better one) is met. Past the listed rates every
 ladder goes on climbing (x1.25 a rung) until the tool misses, so ours gets a maximum, not a bound.
+"ours" runs with `--processes` client processes (serve.client_processes; default: one per core;
+GuideLLM itself starts up to 10 worker processes, `vllm bench serve` is one asyncio process); "ours,
+1 process" climbs the same ladder as one process, for comparison.
 
 Then our generator's own accuracy: at --accuracy-rate (1,000 req/s) against a null server that plays an
 engine (20 ms before the first token, 5 ms between tokens) and stamps when it read each request and
 wrote each token (same monotonic clock as the client), each request's measured TTFT and each measured
 inter-token gap are compared with what the server did. Prints |error| p50 and p99 in ms (goal <= 0.5
 at p50, <= 2 at p99), and the error against the nominal delays too (that one includes the server's
-own timer slack).
-Usage: .venv/bin/python bench/loadgen_capacity.py [--guidellm .venv-tools/bin/guidellm] [--rates 100,200]
+own timer slack). The accuracy run is made with 1 process and with `--processes`.
+Usage: .venv/bin/python bench/loadgen_capacity.py [--guidellm .venv-tools/bin/guidellm] [--rates 100,200] [--processes 2]
 (`make tools` installs GuideLLM into .venv-tools.)
 """
 
@@ -42,6 +45,7 @@ SUSTAINED = 0.9
 PROMPT_TOKENS, OUTPUT_TOKENS = 32, 16
 MODEL = "null-model"
 GOAL = 3.0
+ONE = "ours, 1 process"  # ours as a single client process, beside ours with --processes
 GROWTH, TOP = 1.25, 100_000.0  # past the listed rates: the next rung, and where climbing stops
 ACC_TTFT_S, ACC_ITL_S = 0.020, 0.005  # the engine timing the null server plays for the accuracy run
 ACC_GOAL_MS = {"p50": 0.5, "p99": 2.0}
@@ -74,13 +78,21 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
 
 
-def worker(url: str, rate: float, n: int) -> None:
+def worker(url: str, rate: float, n: int, processes: int) -> None:
     """Child process: our generator at a constant `rate` for `n` requests; prints one JSON line."""
     from serve import loadgen
 
     prompts = loadgen.make_prompts(512, PROMPT_TOKENS, 256, seed=0)
     recs = loadgen.run_constant(
-        url, MODEL, prompts, OUTPUT_TOKENS, rate=rate, duration_s=n / rate, max_requests=n, timeout_s=30
+        url,
+        MODEL,
+        prompts,
+        OUTPUT_TOKENS,
+        rate=rate,
+        duration_s=n / rate,
+        max_requests=n,
+        timeout_s=30,
+        processes=processes,
     )
     ok = [r for r in recs if r.ok]
     ends = [r.send_time + (r.end_s or 0.0) for r in recs]
@@ -95,13 +107,21 @@ def worker(url: str, rate: float, n: int) -> None:
     )
 
 
-def accuracy_worker(url: str, rate: float, n: int) -> None:
+def accuracy_worker(url: str, rate: float, n: int, processes: int) -> None:
     """Child process: `n` distinct prompts at a constant `rate`; prints the prompts and chunk times."""
     from serve import loadgen
 
     prompts = loadgen.make_prompts(512, PROMPT_TOKENS, n, seed=1)  # one per request: the server's key
     recs = loadgen.run_constant(
-        url, MODEL, prompts, OUTPUT_TOKENS, rate=rate, duration_s=n / rate, max_requests=n, timeout_s=30
+        url,
+        MODEL,
+        prompts,
+        OUTPUT_TOKENS,
+        rate=rate,
+        duration_s=n / rate,
+        max_requests=n,
+        timeout_s=30,
+        processes=processes,
     )
     print(json.dumps({"prompts": prompts, "records": [{"ok": r.ok, "chunk_s": r.chunk_s} for r in recs]}))
 
@@ -111,16 +131,17 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q / 100 * len(xs)))]
 
 
-def accuracy(rate: float, seconds: float) -> int:
+def accuracy(rate: float, seconds: float, processes: int) -> int:
     """Measure and print our TTFT / ITL error against a paced, stamping null server; 1 if not measured."""
     from serve.nullserver import Stamps, null_server
 
     n, stamps = max(1, round(rate * seconds)), Stamps()
     with null_server(ttft_s=ACC_TTFT_S, itl_s=ACC_ITL_S, stamps=stamps) as url:
-        cmd = [sys.executable, __file__, "--accuracy-worker", url, str(rate), str(n)]
+        cmd = [sys.executable, __file__, "--accuracy-worker", url, str(rate), str(n), str(processes)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     print(
-        f"\ngenerator accuracy at {rate:g} req/s ({n} requests; server: TTFT {ACC_TTFT_S * 1e3:g} ms, ITL {ACC_ITL_S * 1e3:g} ms)"
+        f"\ngenerator accuracy at {rate:g} req/s with {processes} client process(es) ({n} requests; "
+        f"server: TTFT {ACC_TTFT_S * 1e3:g} ms, ITL {ACC_ITL_S * 1e3:g} ms)"
     )
     if proc.returncode:
         print(
@@ -162,9 +183,9 @@ def accuracy(rate: float, seconds: float) -> int:
     return 0
 
 
-def ours_step(url: str, rate: float, n: int) -> Step:
+def ours_step(url: str, rate: float, n: int, processes: int) -> Step:
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", url, str(rate), str(n)],
+        [sys.executable, __file__, "--worker", url, str(rate), str(n), str(processes)],
         capture_output=True,
         text=True,
         env=_env(),
@@ -308,14 +329,15 @@ def report(results: dict[str, list[Step]], walls: dict[str, float], rates: list[
             f"[{walls[tool]:.0f} s]"
         )
     ours, crashed = tops["ours"], {tool: crash(steps) for tool, steps in results.items()}
-    for tool in ("vllm bench serve", "guidellm"):
-        why = crashed["ours"] or crashed[tool]
-        if why:  # a comparison whose anchor (or ours) crashed measured nothing
-            print(f"ratio ours / {tool}: not measured ({'ours' if crashed['ours'] else tool} failed: {why})")
-        elif tops[tool] <= 0:
-            print(f"ratio ours / {tool}: not measured ({tool} sustained no rate)")
-        else:
-            print(f"ratio ours / {tool}: {ours / tops[tool]:.2f}x")
+    for me in (t for t in ("ours", ONE) if t in results):
+        for tool in ("vllm bench serve", "guidellm"):
+            why = crashed[me] or crashed[tool]
+            if why:  # a comparison whose anchor (or ours) crashed measured nothing
+                print(f"ratio {me} / {tool}: not measured ({me if crashed[me] else tool} failed: {why})")
+            elif tops[tool] <= 0:
+                print(f"ratio {me} / {tool}: not measured ({tool} sustained no rate)")
+            else:
+                print(f"ratio {me} / {tool}: {tops[me] / tops[tool]:.2f}x")
     anchors = ("vllm bench serve", "guidellm")
     missing = [t for t in (*anchors, "ours") if crashed[t] or tops[t] <= 0]
     if missing:
@@ -344,17 +366,25 @@ def main() -> None:
     )
     parser.add_argument("--accuracy-rate", type=float, default=1000.0, help="req/s of the accuracy run")
     parser.add_argument("--accuracy-only", action="store_true", help="skip the capacity ladders")
-    parser.add_argument("--worker", nargs=3, metavar=("URL", "RATE", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--accuracy-worker", nargs=3, metavar=("URL", "RATE", "N"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="client processes of ours (serve.client_processes); ours with 1 is measured too",
+    )
+    hidden = ("URL", "RATE", "N", "PROCESSES")
+    parser.add_argument("--worker", nargs=4, metavar=hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--accuracy-worker", nargs=4, metavar=hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        worker(args.worker[0], float(args.worker[1]), int(args.worker[2]))
-        return
-    if args.accuracy_worker:
-        accuracy_worker(args.accuracy_worker[0], float(args.accuracy_worker[1]), int(args.accuracy_worker[2]))
-        return
+    if args.processes < 1:
+        parser.error(f"--processes must be >= 1, got {args.processes}")
+    for role, fn in (("worker", worker), ("accuracy_worker", accuracy_worker)):
+        if given := getattr(args, role):
+            fn(given[0], float(given[1]), int(given[2]), int(given[3]))
+            return
+    counts = sorted({1, args.processes})
     if args.accuracy_only:
-        sys.exit(accuracy(args.accuracy_rate, args.seconds))
+        sys.exit(max(accuracy(args.accuracy_rate, args.seconds, p) for p in counts))
     if not Path(args.guidellm).is_file():
         sys.exit(f"error: GuideLLM not found at {args.guidellm} (run `make tools` or pass --guidellm PATH)")
     from cluster.models import tinymodel
@@ -367,18 +397,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, null_server() as url:
         out = Path(tmp)
         runs: dict[str, Callable[[], list[Step]]] = {
-            "ours": lambda: climb(lambda r, n: ours_step(url, r, n), rates, args.seconds, args.refine),
+            "ours": lambda: climb(
+                lambda r, n: ours_step(url, r, n, args.processes), rates, args.seconds, args.refine
+            ),
             "vllm bench serve": lambda: climb(
                 lambda r, n: vllm_step(url, tokenizer, out, r, n), rates, args.seconds, args.refine
             ),
             "guidellm": lambda: guidellm_ladder(args.guidellm, url, tokenizer, out, rates, args.seconds),
         }
+        if args.processes > 1:
+            runs[ONE] = lambda: climb(lambda r, n: ours_step(url, r, n, 1), rates, args.seconds, args.refine)
         for tool, run in runs.items():
             t0 = time.monotonic()
             results[tool] = run()
             walls[tool] = time.monotonic() - t0
+    print(f"ours: {args.processes} client process(es) (serve.client_processes)")
     status = report(results, walls, rates)
-    sys.exit(accuracy(args.accuracy_rate, args.seconds) or status)
+    acc = [accuracy(args.accuracy_rate, args.seconds, p) for p in counts]
+    sys.exit(max(acc) or status)
 
 
 if __name__ == "__main__":
