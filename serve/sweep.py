@@ -88,9 +88,14 @@ def run_sweep(
 
 
 def client_capacity(
-    max_tokens: int, prompt_tokens: int = 16, concurrency: int = 64, duration_s: float = 3.0
+    max_tokens: int,
+    prompt_tokens: int = 16,
+    concurrency: int = 64,
+    duration_s: float = 3.0,
+    processes: int = 1,
 ) -> float:
-    """Streamed requests/s this generator sustains against an instant null server (same output length)."""
+    """Streamed requests/s this generator sustains against an instant null server (same output length),
+    from `processes` client processes (as the load test it vouches for is run)."""
     from serve.nullserver import null_server
 
     prompts = loadgen.make_prompts(256, prompt_tokens, 64, seed=0)
@@ -104,6 +109,7 @@ def client_capacity(
             max_requests=100_000,
             duration_s=duration_s,
             timeout_s=30,
+            processes=processes,
         )
     return float(metrics.summarize(recs)["request_throughput"])
 

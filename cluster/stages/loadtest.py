@@ -301,7 +301,7 @@ def measure(cr: CellRun, url: str) -> CellResult:
     n = sv.sync_requests + sv.async_max_requests + sv.warmup_requests + 1
     prompts = loadgen.make_prompts(len(tok), pt, n, env.sweep.seed, tok.all_special_ids)
     cr.report("measuring the load generator's own capacity")
-    capacity = client_capacity(ot)
+    capacity = client_capacity(ot, processes=cr.env.sweep.serve.client_processes)
     with ReplicaWatch(_replica_counter(cr, mid)) as watch:
         cr.report("synchronous load")
         sync = loadgen.run_synchronous(

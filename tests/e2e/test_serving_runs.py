@@ -5,7 +5,8 @@ no tuning): the checkpoints and health verdicts are reused (same cell keys), so 
 tests run, on the real engines.
 - `serving`: `serve.profile: constant` and `serve.bare_baseline: true`: Ray Serve's load test and
   its bare `vllm serve` twin land in the same `perf` and `requests` datasets, apart by `server`, and
-  the console prints the overhead table built from them.
+  the console prints the overhead table built from them. The load comes from two client processes
+  (`serve.client_processes: 2`) spawned inside the stage's Ray worker: one schedule all the same.
 - `autoscaled`: `serve.autoscaling` from one replica to two, under a steady load above the target
   per replica: the autoscaler adds a replica mid-run, and the rows record the count over time.
 """
@@ -46,7 +47,7 @@ def _run_on_copy(smoke: tuple[Path, str], tmp: Path, name: str, overrides: list[
 
 @pytest.fixture(scope="module")
 def serving(smoke, tmp_path_factory):
-    overrides = ["serve.profile=constant", "serve.bare_baseline=true"]
+    overrides = ["serve.profile=constant", "serve.bare_baseline=true", "serve.client_processes=2"]
     return _run_on_copy(smoke, tmp_path_factory.mktemp("serving"), SWEEP, overrides)
 
 
@@ -101,6 +102,7 @@ def test_both_servers_measured_the_same_constant_load_into_the_same_datasets(ser
         sent = [r for r in reqs if r["server"] == server and not r["warmup"]]
         assert len(sent) == sum(r["completed"] + r["failed"] for r in perf_rows)
         assert {r["replicas"] for r in sent} == {1}
+        # sent from two client processes (request i by process i mod 2), on one 4/s schedule
         constant = sorted(r["send_time"] for r in sent if r["profile"] == "constant")
         gaps = [b - a for a, b in zip(constant, constant[1:], strict=False)]
         # 4/s evenly spaced, not Poisson (whose median gap would be 0.17 s); a busy 2-core host
