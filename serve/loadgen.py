@@ -258,7 +258,11 @@ async def _closed_loop(
                 for first, conc, count in zip(firsts, _split(concurrency, processes), counts, strict=True)
                 if conc
             ]
-            batches = await _in_processes(_closed_shard, target, prompts, shards, ids)
+            batches = list(
+                itertools.chain.from_iterable(
+                    await _in_processes(_closed_shard, target, prompts, shards, ids)
+                )
+            )
         else:
             deadline = time.perf_counter() + duration_s if duration_s else math.inf
             batches = await _workers(client, target, prompts, ids, concurrency, (0, max_requests), deadline)
@@ -311,9 +315,12 @@ async def _open_loop(
     async with _client(None) as client:
         records = await _warmup(client, target, prompts, warmup, ids)
         if processes > 1:
-            shards = [list(enumerate(offsets))[k::processes] for k in range(processes)]
-            shard_records = await _in_processes(_open_shard, target, prompts, shards, ids)
-            return records + sorted(shard_records, key=lambda r: r.request_id)
+            indexed = list(enumerate(offsets))
+            shards = [indexed[k::processes] for k in range(min(processes, len(indexed)))]
+            per_shard = await _in_processes(_open_shard, target, prompts, shards, ids)
+            # request i went to shard i mod n, as its (i // n)-th: back in schedule order
+            n = len(shards)
+            return records + [per_shard[i % n][i // n] for i in range(len(indexed))]
         records += await _send_on_schedule(
             client, target, prompts, enumerate(offsets), time.perf_counter(), ids
         )
@@ -349,17 +356,19 @@ READY_TIMEOUT_S = 120.0
 def _shard_main(
     run: Callable[..., Coroutine[Any, Any, list[RequestRecord]]],
     args: tuple[Any, ...],
+    shard_no: int,
     go: Any,
     start: Any,
     out: Any,
 ) -> None:
-    """A child process: one event loop that runs its shard from the shared start; records or an error to `out`."""
+    """A child process: one event loop that runs its shard from the shared start; (shard number,
+    records) or an error to `out`."""
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            out.put(("ready", None))
+            out.put(("ready", shard_no))
             if not go.wait(READY_TIMEOUT_S):
                 raise TimeoutError(f"no start signal within {READY_TIMEOUT_S:g} s")
-            out.put(("ok", runner.run(run(*args, start.value))))
+            out.put(("ok", (shard_no, runner.run(run(*args, start.value)))))
     except BaseException as exc:  # anything, so the parent reports it instead of waiting for it
         out.put(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -415,8 +424,8 @@ async def _in_processes(
     prompts: Sequence[list[int]],
     shards: Sequence[Any],
     ids: _Ids,
-) -> list[RequestRecord]:
-    """Run one shard per child process from one shared start; their records merged.
+) -> list[list[RequestRecord]]:
+    """Run one shard per child process from one shared start; each shard's records, in shard order.
 
     For rates one core cannot drive: each process sends and reads its own share on its own event
     loop, so the client's CPU per request no longer caps the offered load.
@@ -425,9 +434,9 @@ async def _in_processes(
     go, start, out = ctx.Event(), ctx.Value("d", 0.0, lock=False), ctx.Queue()
     procs = [
         ctx.Process(
-            target=_shard_main, args=(shard_fn, (target, prompts, shard, ids), go, start, out), daemon=True
+            target=_shard_main, args=(shard_fn, (target, prompts, shard, ids), k, go, start, out), daemon=True
         )
-        for shard in shards
+        for k, shard in enumerate(shards)
     ]
     loop = asyncio.get_running_loop()
     for p in procs:
@@ -443,7 +452,7 @@ async def _in_processes(
             p.join(timeout=10 if go.is_set() else 0)
             if p.is_alive():
                 p.kill()
-    return list(itertools.chain.from_iterable(results))
+    return [recs for _, recs in sorted(results, key=lambda done: done[0])]
 
 
 def _check_prompts(prompts: Sequence[list[int]], max_requests: int, warmup: int) -> None:
