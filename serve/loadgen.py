@@ -256,7 +256,7 @@ async def _closed_loop(
             shards = [
                 (first, conc, duration_s, count)
                 for first, conc, count in zip(firsts, _split(concurrency, processes), counts, strict=True)
-                if conc
+                if conc and count
             ]
             batches = list(
                 itertools.chain.from_iterable(
