@@ -250,12 +250,16 @@ async def _closed_loop(
     async with _client(concurrency) as client:
         records = await _warmup(client, target, prompts, warmup, ids)
         if processes > 1:
-            # Each process keeps its part of the concurrency and sends its part of the requests.
-            counts = _split(max_requests, processes)
+            # Each process keeps its part of the concurrency and sends as large a part of the
+            # requests, so all of them run out at about the same time.
+            concs = _split(concurrency, processes)
+            counts = [max_requests * c // concurrency for c in concs]
+            for k in range(max_requests - sum(counts)):
+                counts[k] += 1
             firsts = list(itertools.accumulate([0, *counts[:-1]]))
             shards = [
                 (first, conc, duration_s, count)
-                for first, conc, count in zip(firsts, _split(concurrency, processes), counts, strict=True)
+                for first, conc, count in zip(firsts, concs, counts, strict=True)
                 if conc and count
             ]
             batches = list(
