@@ -2,6 +2,7 @@
 
 import json
 import random
+import statistics
 import time
 
 import httpx
@@ -205,13 +206,14 @@ def test_a_constant_run_in_two_processes_keeps_one_schedule():
     assert [int(r.request_id.rsplit("-r", 1)[1]) for r in records] == list(range(40))
     assert len({r.request_id.rsplit("-r", 1)[0] for r in records}) == 1  # one run, one id prefix
     assert {(r.profile, r.target_rate) for r in records} == {("constant", 200.0)}
-    # send_time is epoch seconds: the two processes' sends interleave on one 5 ms grid
-    sends = [r.send_time - records[0].send_time for r in records]
-    assert sends == pytest.approx([i / 200 for i in range(40)], abs=0.02)
+    # send_time is epoch seconds: the two processes' sends interleave on one 5 ms grid (the median
+    # is asserted tightly; a busy host may delay a send now and then)
+    offs = [abs(r.send_time - records[0].send_time - i / 200) for i, r in enumerate(records)]
+    assert statistics.median(offs) < 0.003 and max(offs) < 0.1
 
 
 def test_a_closed_loop_in_two_processes_splits_concurrency_and_requests():
-    with null_server(fail_every=4, chunk_delay_s=0.01) as base_url:
+    with null_server(fail_every=4, chunk_delay_s=0.02) as base_url:
         records = run_concurrent(
             base_url,
             MODEL_ID,
