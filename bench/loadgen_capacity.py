@@ -78,12 +78,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
 
 
-def worker(url: str, rate: float, n: int, processes: int) -> None:
-    """Child process: our generator at a constant `rate` for `n` requests; prints one JSON line."""
+def _constant(url: str, prompts: list[list[int]], rate: float, n: int, processes: int) -> list:
+    """Our generator: `n` requests at a constant `rate` from `processes` client processes."""
     from serve import loadgen
 
-    prompts = loadgen.make_prompts(512, PROMPT_TOKENS, 256, seed=0)
-    recs = loadgen.run_constant(
+    return loadgen.run_constant(
         url,
         MODEL,
         prompts,
@@ -94,6 +93,13 @@ def worker(url: str, rate: float, n: int, processes: int) -> None:
         timeout_s=30,
         processes=processes,
     )
+
+
+def worker(url: str, rate: float, n: int, processes: int) -> None:
+    """Child process: our generator at a constant `rate` for `n` requests; prints one JSON line."""
+    from serve import loadgen
+
+    recs = _constant(url, loadgen.make_prompts(512, PROMPT_TOKENS, 256, seed=0), rate, n, processes)
     ok = [r for r in recs if r.ok]
     ends = [r.send_time + (r.end_s or 0.0) for r in recs]
     print(
@@ -112,17 +118,7 @@ def accuracy_worker(url: str, rate: float, n: int, processes: int) -> None:
     from serve import loadgen
 
     prompts = loadgen.make_prompts(512, PROMPT_TOKENS, n, seed=1)  # one per request: the server's key
-    recs = loadgen.run_constant(
-        url,
-        MODEL,
-        prompts,
-        OUTPUT_TOKENS,
-        rate=rate,
-        duration_s=n / rate,
-        max_requests=n,
-        timeout_s=30,
-        processes=processes,
-    )
+    recs = _constant(url, prompts, rate, n, processes)
     print(json.dumps({"prompts": prompts, "records": [{"ok": r.ok, "chunk_s": r.chunk_s} for r in recs]}))
 
 
